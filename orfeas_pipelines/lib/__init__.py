@@ -1,0 +1,1 @@
+"""The pure library: generation, meshes, export, signing and manifests. No Dagster imports."""

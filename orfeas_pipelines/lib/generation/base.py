@@ -1,0 +1,114 @@
+"""The one interface every image-to-mesh backend implements, and the registry of backends.
+
+A generator turns a batch of images into a list of per-item results in one call, so a
+backend can run a single forward pass over the batch. Errors that belong to one image are
+returned as that item's error; errors that belong to the whole batch (out of memory) are
+raised, so the batch runner can split the batch and retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    import trimesh
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to turn into a mesh.
+
+    `image` is RGBA uint8 of shape (H, W, 4); an alpha channel that is fully opaque means
+    "no alpha" and the generator segments the foreground itself. `key` identifies the image
+    (the partition key) and, together with `seed`, fixes any randomness for this item so
+    its mesh does not depend on what else is in the batch.
+    """
+
+    key: str
+    image: np.ndarray
+    resolution: int = 128
+    seed: int = 0
+
+    def item_seed(self) -> int:
+        """A 63-bit seed derived from the job's seed and the image's identity."""
+        digest = hashlib.sha256(f"{self.seed}:{self.key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+@dataclass
+class GenerationResult:
+    """The outcome for one request: a mesh, or a one-line error naming the reason."""
+
+    key: str
+    mesh: trimesh.Trimesh | None = None
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.mesh is not None and self.error is None
+
+
+class Generator(Protocol):
+    """A backend. `generate` runs one batch; all requests share one `batch_key`."""
+
+    name: str
+    version: str
+    device: torch.device
+
+    def batch_key(self, request: GenerationRequest) -> Any:
+        """Requests with equal keys can share one forward pass (e.g. same resolution)."""
+        ...
+
+    def item_memory_bytes(self, request: GenerationRequest) -> int:
+        """Rough peak working memory one item adds to a batch, for the auto batch size."""
+        ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """One batched pass. Raises the device's out-of-memory error for the whole batch."""
+        ...
+
+
+GeneratorFactory = Callable[..., Generator]
+_REGISTRY: dict[str, GeneratorFactory] = {}
+
+
+def register_generator(name: str, factory: GeneratorFactory) -> None:
+    """Make a backend available by name; factories take `device=` plus backend options."""
+    _REGISTRY[name] = factory
+
+
+def available_generators() -> list[str]:
+    _load_builtin_backends()
+    return sorted(_REGISTRY)
+
+
+def create_generator(name: str, device: str | torch.device = "auto", **options: Any) -> Generator:
+    """Build the named backend on the resolved device; unknown names fail with the choices."""
+    _load_builtin_backends()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown generator backend {name!r}: choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name](device=resolve_device(device), **options)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` means CUDA when present, CPU otherwise; asking for CUDA without one is an error."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def _load_builtin_backends() -> None:
+    """Import the built-in backends so they register; cheap, they import torch lazily."""
+    from orfeas_pipelines.lib.generation import hunyuan3d, inflate  # noqa: F401

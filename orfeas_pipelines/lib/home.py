@@ -1,0 +1,84 @@
+"""The home folder layout (`$ORFEAS_HOME`) that agents, the CLI and the Dagster layer share."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def default_home() -> Path:
+    """`$ORFEAS_HOME`, else `./orfeas_data`."""
+    return Path(os.environ.get("ORFEAS_HOME") or "orfeas_data").resolve()
+
+
+@dataclass(frozen=True)
+class OrfeasHome:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path | None = None) -> "OrfeasHome":
+        return cls(Path(root).resolve() if root else default_home())
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
+    @property
+    def meshes(self) -> Path:
+        """Generated meshes by partition, written by the mesh asset (internal, not contract)."""
+        return self.root / "meshes"
+
+    @property
+    def state(self) -> Path:
+        """Intake state that must survive restarts: seen nonces and job ids, rate windows."""
+        return self.root / "state"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
+
+    @property
+    def agents_file(self) -> Path:
+        return self.root / "agents.json"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    def ensure(self) -> "OrfeasHome":
+        """Create the folders; idempotent."""
+        for folder in (self.inbox, self.jobs, self.quarantine, self.outbox, self.meshes, self.state):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def write_json_atomic(path: Path, payload: Any, mode: int | None = None) -> None:
+    """Write JSON through a temp file in the same folder and rename, so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,83 @@
+"""Decoding images into RGBA arrays with limits, and one-line errors that name the file."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message is one line naming the file and the reason."""
+
+    def __init__(self, name: str, reason: str, code: str = "not_an_image"):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+        self.code = code
+
+
+def decode_image(
+    data: bytes,
+    name: str,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_bytes: int = MAX_IMAGE_BYTES,
+) -> np.ndarray:
+    """Fully decode `data` to RGBA uint8 (H, W, 4).
+
+    The header is checked against `max_pixels` before any pixel is decoded, so a small file
+    that claims a huge canvas (a decompression bomb) is refused cheaply.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) == 0:
+        raise ImageError(name, "file is empty")
+    if len(data) > max_bytes:
+        raise ImageError(name, f"file is {len(data)} bytes, over the limit of {max_bytes}", "too_large")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        name, f"image is {width}x{height} pixels, over the limit of {max_pixels}", "too_large"
+                    )
+                image.load()
+                rgba = image.convert("RGBA")
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(name, f"image is too large to decode safely ({error})", "too_large") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(name, f"not a decodable image ({_first_line(error)})") from None
+    if width == 0 or height == 0:
+        raise ImageError(name, "image has no pixels")
+    return np.asarray(rgba, dtype=np.uint8)
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
+    """Read and decode an image file; a missing or unreadable file is an ImageError too."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageError(path.name, f"cannot be read ({error.strerror or error})", "image_missing") from None
+    return decode_image(data, path.name, max_pixels, max_bytes)
+
+
+def has_meaningful_alpha(image: np.ndarray) -> bool:
+    """An alpha channel means something when it marks some pixels transparent, not all."""
+    alpha = image[..., 3]
+    transparent = int((alpha < 128).sum())
+    return 0 < transparent < alpha.size
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,16 @@
+"""Where jobs, meshes and the outbox live."""
+
+import dagster as dg
+
+from orfeas_pipelines.lib.home import OrfeasHome
+
+
+class OrfeasHomeResource(dg.ConfigurableResource):
+    """The `$ORFEAS_HOME` folder shared by agents, the sensor and the assets."""
+
+    root: str = ""
+
+    @property
+    def home(self) -> OrfeasHome:
+        """An empty root means `$ORFEAS_HOME`, else `./orfeas_data`."""
+        return OrfeasHome.at(self.root or None).ensure()

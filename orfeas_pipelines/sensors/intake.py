@@ -1,0 +1,104 @@
+"""The inbox sensor: verify dropped jobs, register their images, request one batched run.
+
+Intake moves accepted jobs to `jobs/` and appends their images to a durable ledger. The
+cursor is the last ledger sequence number whose images were registered, so it never
+grows, and a tick that fails after intake loses nothing: the next tick registers the same
+ledger rows again, and the run key stops a second launch.
+"""
+
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from orfeas_pipelines.jobs import mesh_job
+from orfeas_pipelines.partitions import images_partitions, job_id_of
+from orfeas_pipelines.resources.home import OrfeasHomeResource
+
+MAX_JOBS_PER_TICK = 500
+MAX_IMAGES_PER_RUN = 2000
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+class IntakeSettings(dg.ConfigurableResource):
+    """Bounds on one tick and the manifest time window."""
+
+    max_jobs_per_tick: int = MAX_JOBS_PER_TICK
+    max_images_per_run: int = MAX_IMAGES_PER_RUN
+    window_seconds: int = 600
+
+
+def evaluate_intake(
+    orfeas_home: OrfeasHomeResource, settings: IntakeSettings, cursor: str | None, now: datetime | None = None
+) -> dg.SensorResult:
+    """One tick: intake, then register the next ledger images and request their range run."""
+    from orfeas_pipelines.lib.intake.inbox import process_inbox
+    from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+    from orfeas_pipelines.lib.intake.registry import AgentRegistry
+
+    home = orfeas_home.home
+    after = int(cursor or 0)
+    ledger = IntakeLedger(home.state / "intake.sqlite")
+    try:
+        outcome = process_inbox(
+            home,
+            AgentRegistry.load(home.agents_file),
+            ledger,
+            now=now or datetime.now(timezone.utc),
+            max_jobs=settings.max_jobs_per_tick,
+            max_images=settings.max_images_per_run,
+            window_seconds=settings.window_seconds,
+        )
+        pending = _whole_jobs(ledger.images_after(after, settings.max_images_per_run + 1), settings.max_images_per_run)
+    finally:
+        ledger.close()
+    summary = (
+        f"accepted {len(outcome.accepted)}, rejected {len(outcome.rejected)}, "
+        f"deferred {len(outcome.deferred)}, waiting {outcome.remaining}"
+    )
+    if not pending:
+        return dg.SensorResult(skip_reason=f"no new images ({summary})", cursor=str(after))
+    keys = [image.partition_key for image in pending]
+    first, last = pending[0].seq, pending[-1].seq
+    return dg.SensorResult(
+        dynamic_partitions_requests=[images_partitions.build_add_request(keys)],
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"images-{first}-{last}",
+                tags={
+                    RANGE_START_TAG: keys[0],
+                    RANGE_END_TAG: keys[-1],
+                    "orfeas/images": str(len(keys)),
+                    "orfeas/jobs": str(len({job_id_of(key) for key in keys})),
+                },
+            )
+        ],
+        cursor=str(last),
+    )
+
+
+def _whole_jobs(images: list, limit: int) -> list:
+    """At most `limit` images, never splitting a job across runs (unless one job exceeds it)."""
+    if len(images) <= limit:
+        return images
+    kept = images[:limit]
+    cut_job = images[limit].job_id
+    whole = [image for image in kept if image.job_id != cut_job]
+    return whole or kept
+
+
+@dg.sensor(
+    job=mesh_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def inbox_sensor(
+    context: dg.SensorEvaluationContext, orfeas_home: OrfeasHomeResource, intake_settings: IntakeSettings
+) -> dg.SensorResult:
+    """Verifies signed jobs dropped in `inbox/` and requests one batched range run per tick.
+
+    Accepted jobs move to `jobs/`, rejected ones to `quarantine/` with a reason, rate-limited
+    ones wait in `inbox/`; every decision is a line in `audit.log`.
+    """
+    return evaluate_intake(orfeas_home, intake_settings, context.cursor)
