@@ -129,11 +129,14 @@ def _run_batch(
         raise RuntimeError(
             f"generator {generator.name!r} returned {len(outcome)} results for {len(batch)} images"
         )
+    seconds = time.perf_counter() - started
+    for result in outcome:
+        result.metrics.update(batch_size=len(batch), seconds=round(seconds / len(batch), 4))
     if on_batch is not None:
         on_batch(
             BatchReport(
                 batch_size=len(batch),
-                seconds=time.perf_counter() - started,
+                seconds=seconds,
                 peak_memory_bytes=_peak_memory_bytes(generator.device.type),
                 device=str(generator.device),
                 retried_after_oom=retried,

@@ -39,8 +39,7 @@ def evaluate_intake(
 
     home = orfeas_home.home
     after = int(cursor or 0)
-    ledger = IntakeLedger(home.state / "intake.sqlite")
-    try:
+    with IntakeLedger(home.state / "intake.sqlite") as ledger:
         outcome = process_inbox(
             home,
             AgentRegistry.load(home.agents_file),
@@ -51,8 +50,6 @@ def evaluate_intake(
             window_seconds=settings.window_seconds,
         )
         pending = _whole_jobs(ledger.images_after(after, settings.max_images_per_run + 1), settings.max_images_per_run)
-    finally:
-        ledger.close()
     summary = (
         f"accepted {len(outcome.accepted)}, rejected {len(outcome.rejected)}, "
         f"deferred {len(outcome.deferred)}, waiting {outcome.remaining}"

@@ -13,12 +13,9 @@ def run_partition_keys(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list
     """The image partitions a run covered: its range tags, or its single partition."""
     tags = run.tags
     if RANGE_START_TAG in tags:
-        return list(
-            images_partitions.get_partition_keys_in_range(
-                dg.PartitionKeyRange(tags[RANGE_START_TAG], tags[RANGE_END_TAG]),
-                dynamic_partitions_store=instance,
-            )
-        )
+        keys = list(instance.get_dynamic_partitions(images_partitions.name))
+        start, end = keys.index(tags[RANGE_START_TAG]), keys.index(tags[RANGE_END_TAG])
+        return keys[start : end + 1]
     return [tags["dagster/partition"]] if "dagster/partition" in tags else []
 
 

@@ -9,6 +9,7 @@ raised, so the batch runner can split the batch and retry.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
@@ -76,6 +77,10 @@ class Generator(Protocol):
 
 GeneratorFactory = Callable[..., Generator]
 _REGISTRY: dict[str, GeneratorFactory] = {}
+_BUILTIN_BACKENDS = {
+    "inflate": "orfeas_pipelines.lib.generation.inflate",
+    "hunyuan3d": "orfeas_pipelines.lib.generation.hunyuan3d",
+}
 
 
 def register_generator(name: str, factory: GeneratorFactory) -> None:
@@ -84,15 +89,15 @@ def register_generator(name: str, factory: GeneratorFactory) -> None:
 
 
 def available_generators() -> list[str]:
-    _load_builtin_backends()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_BUILTIN_BACKENDS))
 
 
 def create_generator(name: str, device: str | torch.device = "auto", **options: Any) -> Generator:
     """Build the named backend on the resolved device; unknown names fail with the choices."""
-    _load_builtin_backends()
+    if name not in _REGISTRY and name in _BUILTIN_BACKENDS:
+        importlib.import_module(_BUILTIN_BACKENDS[name])
     if name not in _REGISTRY:
-        raise ValueError(f"unknown generator backend {name!r}: choose one of {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown generator backend {name!r}: choose one of {available_generators()}")
     return _REGISTRY[name](device=resolve_device(device), **options)
 
 
@@ -107,8 +112,3 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
     return torch.device(device)
-
-
-def _load_builtin_backends() -> None:
-    """Import the built-in backends so they register; cheap, they import torch lazily."""
-    from orfeas_pipelines.lib.generation import hunyuan3d, inflate  # noqa: F401

@@ -1,0 +1,39 @@
+# Set-up is part of every target: a fresh machine needs only Python 3.11+, pip and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ORFEAS_HOME ?= $(CURDIR)/orfeas_data
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: demo test dev install install-full clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The base install: the weight-free default generator and Dagster.
+$(VENV)/.installed-base: pyproject.toml setup.py | $(BIN)/python
+	$(PIP) install -q -e .
+	touch $@
+
+# Everything CI tests: the Hunyuan3D-2 extra (torch 2.14.1 + torchvision 0.29.1) and test tools.
+$(VENV)/.installed-full: pyproject.toml setup.py | $(BIN)/python
+	$(PIP) install -q -e '.[hunyuan3d,test]'
+	touch $@ $(VENV)/.installed-base
+
+install: $(VENV)/.installed-base
+install-full: $(VENV)/.installed-full
+
+demo: $(VENV)/.installed-base
+	ORFEAS_HOME=$(ORFEAS_HOME) $(BIN)/orfeas demo
+
+test: $(VENV)/.installed-full
+	$(BIN)/dagster definitions validate -w workspace.yaml
+	$(BIN)/python -m pytest -q
+
+dev: $(VENV)/.installed-base
+	mkdir -p $(ORFEAS_HOME)/dagster
+	test -f $(ORFEAS_HOME)/dagster/dagster.yaml || cp orfeas_pipelines/dagster.yaml $(ORFEAS_HOME)/dagster/dagster.yaml
+	ORFEAS_HOME=$(ORFEAS_HOME) DAGSTER_HOME=$(ORFEAS_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) orfeas_data .pytest_cache

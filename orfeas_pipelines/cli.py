@@ -1,0 +1,267 @@
+"""The `orfeas` command: direct generation, agent keys and jobs, processing, status, benchmarks.
+
+Every subcommand imports what it needs when it runs, so `orfeas --help` and `orfeas status`
+stay fast. Errors are one line on stderr naming the thing and the reason.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from orfeas_pipelines.lib.home import OrfeasHome
+
+STATUS_EXIT_CODES = {"succeeded": 0, "failed": 1, "rejected": 1, "queued": 3, "running": 3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as error:
+        print(f"orfeas {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orfeas", description="Batched image-to-3D meshes on Dagster.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="turn images into meshes directly, without Dagster")
+    generate.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    generate.add_argument("--out", required=True, type=Path)
+    generate.add_argument("--format", default="stl", type=_formats, help="comma list of stl,glb,obj,ply")
+    generate.add_argument("--backend", default="inflate", choices=["inflate", "hunyuan3d"])
+    generate.add_argument("--model-path", help="Hunyuan3D-2 model root (local folder)")
+    generate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    generate.add_argument("--batch-size", default="auto", type=_batch_size, help="N or auto")
+    generate.add_argument("--resolution", default=128, type=int)
+    generate.add_argument("--seed", default=0, type=int)
+    generate.set_defaults(handler=_generate)
+
+    demo = commands.add_parser("demo", help="sign and drop the sample images, process them, print a summary")
+    _home_option(demo)
+    demo.set_defaults(handler=_demo)
+
+    agent = commands.add_parser("agent", help="manage agents").add_subparsers(dest="agent_command", required=True)
+    create_key = agent.add_parser("create-key", help="create an agent with a fresh secret (printed once)")
+    create_key.add_argument("agent_id")
+    _home_option(create_key)
+    create_key.add_argument("--rate", type=int, default=60, help="jobs per minute")
+    create_key.add_argument("--max-images", type=int, default=16)
+    create_key.add_argument("--formats", type=_formats, default="stl,glb,obj,ply")
+    create_key.add_argument("--max-resolution", type=int, default=256)
+    create_key.set_defaults(handler=_create_key)
+
+    submit = commands.add_parser("submit", help="write a signed job into inbox/")
+    submit.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    submit.add_argument("--agent", required=True)
+    key = submit.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key")
+    key.add_argument("--key-file", type=Path)
+    _home_option(submit)
+    submit.add_argument("--format", default="stl", type=_formats)
+    submit.add_argument("--resolution", default=128, type=int)
+    submit.add_argument("--seed", default=0, type=int)
+    submit.set_defaults(handler=_submit)
+
+    process = commands.add_parser("process", help="one intake tick and the batched runs it requests")
+    _home_option(process)
+    process.set_defaults(handler=_process)
+
+    status = commands.add_parser("status", help="print a job's status.json")
+    status.add_argument("job_id")
+    _home_option(status)
+    status.set_defaults(handler=_status)
+
+    bench = commands.add_parser("bench", help="benchmarks; ratios measured side by side in one run")
+    suites = bench.add_subparsers(dest="suite", required=True)
+    bench_generator = suites.add_parser("generator", help="batched vs sequential generation")
+    bench_generator.add_argument("--backend", default="inflate", choices=["inflate", "hunyuan3d"])
+    bench_generator.add_argument("--model-path")
+    bench_generator.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench_generator.add_argument("--resolutions", default="64,128,256", type=_ints)
+    bench_generator.add_argument("--images", default=8, type=int)
+    bench_generator.set_defaults(handler=_bench_generator)
+    bench_intake = suites.add_parser("intake", help="verification throughput with many signed drops")
+    bench_intake.add_argument("--drops", default=10_000, type=int)
+    bench_intake.set_defaults(handler=_bench_intake)
+    bench_runs = suites.add_parser("runs", help="batched range runs vs one run per job")
+    bench_runs.add_argument("--jobs", default=32, type=int)
+    bench_runs.add_argument("--resolution", default=64, type=int)
+    bench_runs.set_defaults(handler=_bench_runs)
+    return parser
+
+
+def _home_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", type=Path, help="default: $ORFEAS_HOME, else ./orfeas_data")
+
+
+def _formats(text: str) -> list[str]:
+    from orfeas_pipelines.lib.export import MESH_FORMATS
+
+    formats = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [fmt for fmt in formats if fmt not in MESH_FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(f"unknown format {unknown or text!r}: choose from {','.join(MESH_FORMATS)}")
+    return formats
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _batch_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"batch size {text!r} must be a positive integer or 'auto'")
+    return int(text)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.lib.batching import generate_in_batches
+    from orfeas_pipelines.lib.export import export_mesh
+    from orfeas_pipelines.lib.generation.base import GenerationRequest, create_generator
+    from orfeas_pipelines.lib.images import ImageError, load_image
+
+    options = {}
+    if args.backend == "hunyuan3d":
+        options["model_path"] = args.model_path
+    requests, failed = [], 0
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except ImageError as error:
+            print(f"orfeas generate: {path}: {error.reason}", file=sys.stderr)
+            failed += 1
+            continue
+        requests.append(GenerationRequest(key=str(path), image=image, resolution=args.resolution, seed=args.seed))
+    if requests:
+        generator = create_generator(args.backend, device=args.device, **options)
+        results = generate_in_batches(generator, requests, batch_size=args.batch_size)
+    else:
+        results = []
+    for request, result in zip(requests, results):
+        if not result.ok:
+            print(f"orfeas generate: {result.error}", file=sys.stderr)
+            failed += 1
+            continue
+        files = export_mesh(result.mesh, args.out, Path(request.key).stem, args.format)
+        line = {
+            "image": request.key,
+            "files": [str(path) for path in files.values()],
+            "vertices": len(result.mesh.vertices),
+            "faces": len(result.mesh.faces),
+            "watertight": bool(result.mesh.is_watertight),
+            "seconds": result.metrics.get("seconds"),
+        }
+        print(json.dumps(line), flush=True)
+    return 1 if failed else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.demo import run_demo
+
+    return run_demo(OrfeasHome.at(args.home).ensure())
+
+
+def _create_key(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.lib.intake.registry import create_agent
+
+    home = OrfeasHome.at(args.home).ensure()
+    agent = create_agent(
+        home.agents_file,
+        args.agent_id,
+        rate_per_minute=args.rate,
+        max_images=args.max_images,
+        formats=tuple(args.formats),
+        max_resolution=args.max_resolution,
+    )
+    print(f"created agent {agent.agent_id} in {home.agents_file}; its secret follows and is not shown again")
+    print(agent.secret)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.lib.intake.submit import write_job
+
+    secret = args.key if args.key is not None else args.key_file.read_text().strip()
+    job_id = write_job(
+        OrfeasHome.at(args.home).ensure(),
+        args.images,
+        args.agent,
+        secret,
+        formats=tuple(args.format),
+        resolution=args.resolution,
+        seed=args.seed,
+    )
+    print(job_id)
+    return 0
+
+
+def _process(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.lib import outbox
+    from orfeas_pipelines.runner import process_once
+
+    home = OrfeasHome.at(args.home).ensure()
+    report = process_once(home)
+    states = {job_id: (outbox.read_status(home, job_id) or {}).get("state", "unknown") for job_id in report.job_ids}
+    for job_id, state in states.items():
+        print(f"{job_id}\t{state}")
+    if not states:
+        print(report.skip_reason or "nothing to do")
+    unfinished = [job_id for job_id, state in states.items() if state not in ("succeeded", "failed", "rejected")]
+    if unfinished:
+        print(f"orfeas process: jobs not finished: {', '.join(unfinished)}", file=sys.stderr)
+    return 1 if unfinished else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.lib import outbox
+
+    status = outbox.read_status(OrfeasHome.at(args.home), args.job_id)
+    if status is None:
+        print(f"orfeas status: {args.job_id}: unknown job", file=sys.stderr)
+        return 2
+    print(json.dumps(status, indent=2, sort_keys=True))
+    return STATUS_EXIT_CODES.get(status.get("state"), 2)
+
+
+def _bench_generator(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.bench.generator import bench_generator
+
+    rows = bench_generator(
+        backend=args.backend,
+        resolutions=tuple(args.resolutions),
+        images=args.images,
+        device=args.device,
+        model_path=args.model_path,
+    )
+    _print_rows(rows)
+    return 0
+
+
+def _bench_intake(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.bench.intake import bench_intake
+
+    _print_rows([bench_intake(drops=args.drops)])
+    return 0
+
+
+def _bench_runs(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.bench.runs import bench_runs
+
+    _print_rows([bench_runs(jobs=args.jobs, resolution=args.resolution)])
+    return 0
+
+
+def _print_rows(rows: list[dict]) -> None:
+    import pandas as pd
+
+    print(pd.DataFrame(rows).to_string(index=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

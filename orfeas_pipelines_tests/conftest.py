@@ -1,0 +1,69 @@
+"""Fixtures for the Dagster-layer tests: a temporary home with an agent, and a test instance."""
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from orfeas_pipelines.lib.home import OrfeasHome
+from orfeas_pipelines.lib.intake.registry import AgentPolicy, create_agent
+from orfeas_pipelines.lib.intake.submit import write_job
+from orfeas_pipelines.resources.home import OrfeasHomeResource
+from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake
+from orfeas_pipelines_tests import shapes
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> OrfeasHome:
+    home = OrfeasHome.at(tmp_path / "home").ensure()
+    monkeypatch.setenv("ORFEAS_HOME", str(home.root))
+    return home
+
+
+@pytest.fixture
+def agent(home) -> AgentPolicy:
+    return create_agent(home.agents_file, "tester", rate_per_minute=10_000, max_images=64)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def image_files(tmp_path) -> list[Path]:
+    """Four small shapes, saved as PNGs an agent could submit."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    drawn = {
+        "star.png": shapes.star(),
+        "ring.png": shapes.ring(),
+        "vase.png": shapes.vase(),
+        "disk.png": shapes.disk(),
+    }
+    paths = []
+    for name, pixels in drawn.items():
+        Image.fromarray(pixels).save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+def submit_images(home: OrfeasHome, agent: AgentPolicy, paths: list[Path], per_job: int = 1, **params) -> list[str]:
+    """Signed jobs of `per_job` images each, dropped in the inbox; returns the job ids."""
+    params.setdefault("resolution", 48)
+    params.setdefault("formats", ("stl", "ply"))
+    return [
+        write_job(home, paths[start : start + per_job], agent.agent_id, agent.secret, **params)
+        for start in range(0, len(paths), per_job)
+    ]
+
+
+def register_pending(home: OrfeasHome, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
+    """One intake tick through the sensor's own function, with its partitions added."""
+    result = evaluate_intake(OrfeasHomeResource(root=str(home.root)), IntakeSettings(), cursor, datetime.now(timezone.utc))
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result

@@ -1,0 +1,75 @@
+"""The inbox sensor against a real instance: partitions and one range run per tick."""
+
+import dagster as dg
+
+from orfeas_pipelines.lib import outbox
+from orfeas_pipelines.lib.intake.audit import read_audit
+from orfeas_pipelines.resources.home import OrfeasHomeResource
+from orfeas_pipelines.sensors.intake import RANGE_END_TAG, RANGE_START_TAG, IntakeSettings, inbox_sensor
+from orfeas_pipelines_tests.conftest import submit_images
+
+
+def tick(instance, cursor=None, **settings):
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"orfeas_home": OrfeasHomeResource(), "intake_settings": IntakeSettings(**settings)},
+    )
+    return inbox_sensor(context)
+
+
+def test_tick_registers_good_jobs_and_requests_one_range_run(home, agent, instance, image_files):
+    job_ids = submit_images(home, agent, image_files, per_job=2)
+    (home.inbox / "stray.txt").write_text("not a job")
+
+    result = tick(instance)
+
+    [add] = result.dynamic_partitions_requests
+    keys = list(add.partition_keys)
+    assert add.partitions_def_name == "images"
+    assert keys == [f"{job_id}/{path.name}" for job_id in job_ids for path in image_files if f"{job_id}/{path.name}" in keys]
+    assert len(keys) == 4
+    [run] = result.run_requests
+    assert run.tags[RANGE_START_TAG] == keys[0] and run.tags[RANGE_END_TAG] == keys[-1]
+    assert run.run_key == f"images-1-{result.cursor}" and result.cursor == "4"
+    assert all(outbox.read_status(home, job_id)["state"] == "queued" for job_id in job_ids)
+    assert (home.quarantine / "stray.txt").exists()
+    decisions = sorted(line["decision"] for line in read_audit(home.audit_log))
+    assert decisions == ["accepted", "accepted", "rejected"]
+
+
+def test_retried_tick_requests_the_same_run_and_next_tick_nothing(home, agent, instance, image_files):
+    submit_images(home, agent, image_files[:2])
+    first = tick(instance)
+    retried = tick(instance, cursor=None)
+    assert retried.run_requests[0].run_key == first.run_requests[0].run_key
+    assert list(retried.dynamic_partitions_requests[0].partition_keys) == list(
+        first.dynamic_partitions_requests[0].partition_keys
+    )
+    after = tick(instance, cursor=first.cursor)
+    assert not after.run_requests and after.skip_reason
+    assert after.cursor == first.cursor
+
+
+def test_ticks_are_bounded_and_never_split_a_job(home, agent, instance, image_files):
+    submit_images(home, agent, image_files * 3, per_job=3)
+    cursor, runs = None, []
+    for _ in range(5):
+        result = tick(instance, cursor=cursor, max_jobs_per_tick=2, max_images_per_run=5)
+        cursor = result.cursor
+        runs.extend(result.run_requests)
+    assert len(runs) == 4, "12 images in 4 jobs of 3, one job per run when a run holds 5"
+    for request in runs:
+        assert request.tags[RANGE_START_TAG].split("/")[0] == request.tags[RANGE_END_TAG].split("/")[0]
+    assert not list(home.inbox.iterdir())
+
+
+def test_rate_limited_jobs_wait_in_the_inbox(home, instance, image_files):
+    from orfeas_pipelines.lib.intake.registry import create_agent
+
+    slow = create_agent(home.agents_file, "slow", rate_per_minute=1)
+    submit_images(home, slow, image_files[:3])
+    result = tick(instance)
+    assert len(list(result.dynamic_partitions_requests[0].partition_keys)) == 1
+    assert len([entry for entry in home.inbox.iterdir() if not entry.name.startswith(".")]) == 2
+    assert any(line["decision"] == "deferred" for line in read_audit(home.audit_log))
