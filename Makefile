@@ -28,6 +28,7 @@ demo: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-full
 	$(BIN)/dagster definitions validate -w workspace.yaml
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 	$(BIN)/python -m pytest -q
 
 dev: $(VENV)/.installed-base

@@ -13,6 +13,13 @@ from orfeas_pipelines.lib.intake.submit import write_job
 from orfeas_pipelines.resources.home import OrfeasHomeResource
 from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake
 from orfeas_pipelines_tests import shapes
+from orfeas_pipelines_tests.lib.generation.tiny_hunyuan3d import build_tiny_hunyuan3d
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuan3d_model_path(tmp_path_factory) -> str:
+    """The root of a tiny randomly initialised Hunyuan3D-2 model (holds hunyuan3d-dit-v2-0/)."""
+    return str(build_tiny_hunyuan3d(tmp_path_factory.mktemp("hunyuan3d") / "Hunyuan3D-2"))
 
 
 @pytest.fixture

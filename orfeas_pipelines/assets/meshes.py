@@ -9,6 +9,7 @@ the files are the product, and a range run writes one per partition.
 
 import hashlib
 import time
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,9 @@ from orfeas_pipelines.lib.home import OrfeasHome
 from orfeas_pipelines.partitions import file_of, images_partitions, job_id_of
 from orfeas_pipelines.resources.home import OrfeasHomeResource
 from orfeas_pipelines.resources.inference import MeshGeneratorResource
+
+# The single-run backfill policy is what makes range runs batched; its beta label is noise here.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 MESH_CHECKS = [
     dg.AssetCheckSpec(

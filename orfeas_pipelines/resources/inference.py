@@ -24,6 +24,7 @@ class Hunyuan3DSettings(dg.Config):
 
     model_path: Optional[str] = None
     subfolder: str = "hunyuan3d-dit-v2-0"
+    dtype: str = "auto"
     num_inference_steps: int = 50
     guidance_scale: float = 5.0
     octree_resolution: Optional[int] = None

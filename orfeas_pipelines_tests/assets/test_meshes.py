@@ -4,6 +4,7 @@ import hashlib
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import trimesh
 
 from orfeas_pipelines.assets.meshes import generated_mesh, mesh_files, source_image
@@ -12,7 +13,7 @@ from orfeas_pipelines.lib import outbox
 from orfeas_pipelines.lib.generation.base import register_generator
 from orfeas_pipelines.lib.generation.inflate import InflateGenerator
 from orfeas_pipelines.resources.home import OrfeasHomeResource
-from orfeas_pipelines.resources.inference import MeshGeneratorResource
+from orfeas_pipelines.resources.inference import Hunyuan3DSettings, MeshGeneratorResource
 from orfeas_pipelines_tests.conftest import register_pending, submit_images
 
 
@@ -31,14 +32,16 @@ class BatchSensitiveGenerator(InflateGenerator):
 register_generator("batch_sensitive", BatchSensitiveGenerator)
 
 
-def run_range(instance, keys, generator="inflate", batch_size=None, raise_on_error=True):
+def run_range(instance, keys, generator="inflate", batch_size=None, raise_on_error=True, **generator_config):
     return dg.materialize(
         [source_image, generated_mesh, mesh_files],
         instance=instance,
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
         resources={
             "orfeas_home": OrfeasHomeResource(),
-            "mesh_generator": MeshGeneratorResource(backend=generator, device="cpu", batch_size=batch_size),
+            "mesh_generator": MeshGeneratorResource(
+                backend=generator, device="cpu", batch_size=batch_size, **generator_config
+            ),
         },
         raise_on_error=raise_on_error,
     )
@@ -150,3 +153,30 @@ def test_mesh_job_in_definitions_covers_a_range_in_one_run(home, agent, instance
     assert instance.get_materialized_partitions(dg.AssetKey("mesh_files")) == set(
         sensor_result.dynamic_partitions_requests[0].partition_keys
     )
+
+
+@pytest.mark.slow
+def test_hunyuan3d_backend_selected_by_config_runs_the_same_assets(
+    home, agent, instance, image_files, tiny_hunyuan3d_model_path, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    job_ids = submit_images(home, agent, image_files[:3], resolution=32)
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+
+    result = run_range(
+        instance,
+        keys,
+        generator="hunyuan3d",
+        batch_size=3,
+        hunyuan3d=Hunyuan3DSettings(model_path=tiny_hunyuan3d_model_path, num_inference_steps=3),
+    )
+
+    assert result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["batch_matches_sequential"].passed
+    assert checks["batch_matches_sequential"].metadata["compared"].value == 3
+    mesh_event = next(e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("generated_mesh"))
+    assert mesh_event.materialization.metadata["backend"].value == "hunyuan3d"
+    assert "| 3 |" in mesh_event.materialization.metadata["batches"].value
+    delivered = [outbox.read_status(home, job_id)["state"] for job_id in job_ids]
+    assert delivered == ["succeeded"] * 3, delivered

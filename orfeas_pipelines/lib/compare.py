@@ -1,0 +1,125 @@
+"""Telling whether two meshes are the same shape, and how well a mesh matches its mask.
+
+Used by the batch-versus-sequential asset check and benchmark: the same images through
+batch size N and batch size 1 must give the same meshes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import trimesh
+from PIL import Image, ImageDraw
+
+MATCH_THRESHOLD = 0.01
+"""Largest Chamfer distance, as a fraction of the bounding-box diagonal, for "same mesh".
+
+Measured with the defaults below: identical meshes are exactly 0 apart; two tessellations
+of one sphere (icosphere 4 vs 5) 0.0035, the sampling noise floor; that sphere moved by
+2% of its diagonal 0.011. So 0.01 sits about 3x above the noise and flags a change of
+about 2% of the object's size (2-3 voxels at resolution 128), while float-level
+differences such as GPU nondeterminism pass.
+"""
+
+SAMPLE_SEED = 0
+TARGET_DENSITY = 4
+"""Each mesh is sampled this many times more densely as a target than as a query, which
+halves the sampling noise of the nearest-neighbour distances."""
+
+SILHOUETTE_SUPERSAMPLE = 4
+
+
+@dataclass
+class BatchAgreement:
+    """How many keys gave the same mesh batched and one by one."""
+
+    matched: int
+    compared: int
+    distances: dict[str, float | None]
+    passed: bool
+
+    @property
+    def fraction(self) -> float:
+        return self.matched / self.compared if self.compared else 1.0
+
+
+def chamfer_distance(a: trimesh.Trimesh, b: trimesh.Trimesh, samples: int = 4096) -> float:
+    """Symmetric Chamfer distance between two surfaces, relative to the diagonal of their
+    joint bounding box. Deterministic: surfaces are sampled with a fixed seed."""
+    from scipy.spatial import cKDTree
+
+    for name, mesh in (("first", a), ("second", b)):
+        if len(mesh.faces) == 0 or mesh.area <= 0:
+            raise ValueError(f"cannot compare meshes: the {name} mesh has no surface")
+    corners = np.vstack([a.bounds, b.bounds])
+    diagonal = float(np.linalg.norm(corners.max(axis=0) - corners.min(axis=0)))
+    query_a, target_a = _surface_points(a, samples)
+    query_b, target_b = _surface_points(b, samples)
+    a_to_b = cKDTree(target_b).query(query_a)[0].mean()
+    b_to_a = cKDTree(target_a).query(query_b)[0].mean()
+    return float((a_to_b + b_to_a) / 2 / diagonal)
+
+
+def compare_batch_to_sequential(
+    batch: Mapping[str, trimesh.Trimesh | None],
+    sequential: Mapping[str, trimesh.Trimesh | None],
+    threshold: float = MATCH_THRESHOLD,
+    required_fraction: float = 0.99,
+) -> BatchAgreement:
+    """Match meshes key by key. Both failing counts as a match (the same outcome); one
+    failing is a mismatch. Passes when strictly more than `required_fraction` match."""
+    distances: dict[str, float | None] = {}
+    matched = 0
+    keys = sorted(set(batch) | set(sequential))
+    for key in keys:
+        first, second = batch.get(key), sequential.get(key)
+        if first is None or second is None:
+            distances[key] = None
+            matched += first is None and second is None
+            continue
+        distances[key] = chamfer_distance(first, second)
+        matched += distances[key] <= threshold
+    compared = len(keys)
+    fraction = matched / compared if compared else 1.0
+    return BatchAgreement(matched=matched, compared=compared, distances=distances, passed=fraction > required_fraction)
+
+
+def silhouette_iou(mesh: trimesh.Trimesh, mask: np.ndarray) -> float:
+    """IoU of the mesh's orthographic silhouette (seen along -Z) and a (H, W) bool mask,
+    after fitting the silhouette's bounding box onto the mask's."""
+    crop = _cropped(mask)
+    covered = silhouette(mesh, *crop.shape)
+    return float((crop & covered).sum() / (crop | covered).sum())
+
+
+def silhouette(mesh: trimesh.Trimesh, height: int, width: int) -> np.ndarray:
+    """The mesh seen along -Z as a (height, width) bool image whose edges are its bounding
+    box: image column is +X, image row (downwards) is -Y. Pixels at least half covered count."""
+    s = SILHOUETTE_SUPERSAMPLE
+    canvas = Image.new("L", (width * s, height * s), 0)
+    if len(mesh.faces):
+        lower, upper = mesh.bounds
+        span = np.maximum(upper - lower, 1e-12)
+        x = (mesh.vertices[:, 0] - lower[0]) / span[0] * width * s
+        y = (upper[1] - mesh.vertices[:, 1]) / span[1] * height * s
+        draw = ImageDraw.Draw(canvas)
+        for triangle in np.stack([x[mesh.faces], y[mesh.faces]], axis=2).tolist():
+            draw.polygon([tuple(point) for point in triangle], fill=255)
+    return np.asarray(canvas, dtype=np.float32).reshape(height, s, width, s).mean(axis=(1, 3)) >= 127.5
+
+
+def _cropped(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or not mask.any():
+        raise ValueError("mask must be a 2-D boolean array with at least one foreground pixel")
+    rows, cols = np.nonzero(mask)
+    return mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+def _surface_points(mesh: trimesh.Trimesh, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query points, and a denser target set that contains them (so identical meshes give 0)."""
+    query, _ = trimesh.sample.sample_surface(mesh, samples, seed=SAMPLE_SEED)
+    extra, _ = trimesh.sample.sample_surface(mesh, samples * (TARGET_DENSITY - 1), seed=SAMPLE_SEED + 1)
+    return query, np.vstack([query, extra])

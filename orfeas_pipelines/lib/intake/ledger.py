@@ -1,0 +1,192 @@
+"""Durable intake state (`state/intake.sqlite`): what was seen, what was accepted, and the image log.
+
+- Seen nonces (per agent) and job ids (global, since the job id names `jobs/<job_id>/` and
+  the partitions) are kept forever, so a replay is refused even after a restart.
+- Accepted jobs with their time, for the per-agent jobs-per-minute limit, and their
+  parameters, so the runs can find them from the partition key alone.
+- An append-only image log with an increasing `seq`: the sensor's cursor is the last seq it
+  registered, so the cursor stays one integer however many jobs arrive.
+- Deferred entries with the time they were first seen, so a job held back by the rate limit
+  is judged against the time it arrived and never goes stale while it waits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nonces (
+    agent_id TEXT NOT NULL, nonce TEXT NOT NULL, seen_at REAL NOT NULL,
+    PRIMARY KEY (agent_id, nonce)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, decided_at REAL NOT NULL,
+    accepted INTEGER NOT NULL, formats TEXT, resolution INTEGER, seed INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_by_agent_time ON jobs (agent_id, accepted, decided_at);
+CREATE TABLE IF NOT EXISTS images (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, partition_key TEXT NOT NULL UNIQUE,
+    job_id TEXT NOT NULL, agent_id TEXT NOT NULL, file TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_by_job ON images (job_id, seq);
+CREATE TABLE IF NOT EXISTS deferred (
+    entry TEXT PRIMARY KEY, manifest_sha256 TEXT NOT NULL, first_seen_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def partition_key(job_id: str, file: str) -> str:
+    return f"{job_id}/{file}"
+
+
+@dataclass(frozen=True)
+class LedgerImage:
+    seq: int
+    partition_key: str
+    job_id: str
+    file: str
+
+
+@dataclass(frozen=True)
+class AcceptedJob:
+    """An accepted job as the runs need it: its images (partition keys) and parameters."""
+
+    job_id: str
+    agent_id: str
+    files: list[str]
+    partition_keys: list[str]
+    formats: tuple[str, ...]
+    resolution: int
+    seed: int
+
+
+class IntakeLedger:
+    """One connection to the intake database; use `transaction()` to group a tick's writes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "IntakeLedger":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"IntakeLedger({str(self.path)!r})"
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together (or not at all)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def nonce_seen(self, agent_id: str, nonce: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM nonces WHERE agent_id = ? AND nonce = ?", (agent_id, nonce)).fetchone()
+        return row is not None
+
+    def job_seen(self, job_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is not None
+
+    def accepted_since(self, agent_id: str, since: float) -> int:
+        """How many of the agent's jobs were accepted at or after `since` (epoch seconds)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND accepted = 1 AND decided_at >= ?", (agent_id, since)
+        ).fetchone()
+        return int(row[0])
+
+    def record_rejected(self, job_id: str, agent_id: str, nonce: str, at: float) -> None:
+        """Burn the nonce and job id of an authentic job that was rejected after the replay check."""
+        self._db.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?, ?)", (agent_id, nonce, at))
+        self._db.execute(
+            "INSERT OR IGNORE INTO jobs (job_id, agent_id, decided_at, accepted) VALUES (?, ?, ?, 0)",
+            (job_id, agent_id, at),
+        )
+
+    def record_accepted(self, job: AcceptedJob, nonce: str, at: float) -> None:
+        """Burn the nonce and job id, store the job's parameters and append its images to the log."""
+        self._db.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?, ?)", (job.agent_id, nonce, at))
+        self._db.execute(
+            "INSERT INTO jobs VALUES (?, ?, ?, 1, ?, ?, ?)",
+            (job.job_id, job.agent_id, at, ",".join(job.formats), job.resolution, job.seed),
+        )
+        rows = [(key, job.job_id, job.agent_id, file) for key, file in zip(job.partition_keys, job.files)]
+        self._db.executemany("INSERT INTO images (partition_key, job_id, agent_id, file) VALUES (?, ?, ?, ?)", rows)
+
+    def images_after(self, seq: int, limit: int) -> list[LedgerImage]:
+        """Up to `limit` accepted images with a seq above `seq`, oldest first."""
+        return self._images("WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+
+    def last_seq(self) -> int:
+        row = self._db.execute("SELECT MAX(seq) FROM images").fetchone()
+        return int(row[0] or 0)
+
+    def accepted_job(self, job_id: str) -> AcceptedJob | None:
+        """The stored parameters and images of an accepted job, or None."""
+        row = self._db.execute(
+            "SELECT agent_id, formats, resolution, seed FROM jobs WHERE job_id = ? AND accepted = 1", (job_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        images = self._images("WHERE job_id = ? ORDER BY seq", (job_id,))
+        return AcceptedJob(
+            job_id=job_id,
+            agent_id=row[0],
+            files=[image.file for image in images],
+            partition_keys=[image.partition_key for image in images],
+            formats=tuple(row[1].split(",")),
+            resolution=int(row[2]),
+            seed=int(row[3]),
+        )
+
+    def unknown_job_ids(self, job_ids: Sequence[str]) -> list[str]:
+        """The ids among `job_ids` that the ledger has no decision for."""
+        known = {row[0] for row in self._db.execute("SELECT job_id FROM jobs")}
+        return [job_id for job_id in job_ids if job_id not in known]
+
+    def deferral_started(self, entry: str, manifest_sha256: str, at: float) -> tuple[float, bool]:
+        """When this exact job.json was first deferred, and whether that is now (a first deferral).
+
+        A changed job.json under the same entry name starts a new deferral.
+        """
+        row = self._db.execute(
+            "SELECT manifest_sha256, first_seen_at FROM deferred WHERE entry = ?", (entry,)
+        ).fetchone()
+        if row is not None and row[0] == manifest_sha256:
+            return float(row[1]), False
+        self._db.execute("INSERT OR REPLACE INTO deferred VALUES (?, ?, ?)", (entry, manifest_sha256, at))
+        return at, True
+
+    def has_deferrals(self) -> bool:
+        return self._db.execute("SELECT 1 FROM deferred LIMIT 1").fetchone() is not None
+
+    def deferred_since(self, entry: str, manifest_sha256: str) -> float | None:
+        """The first-deferral time of this exact job.json, or None if it was never deferred."""
+        row = self._db.execute(
+            "SELECT first_seen_at FROM deferred WHERE entry = ? AND manifest_sha256 = ?", (entry, manifest_sha256)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def clear_deferral(self, entry: str) -> None:
+        self._db.execute("DELETE FROM deferred WHERE entry = ?", (entry,))
+
+    def _images(self, where: str, params: tuple) -> list[LedgerImage]:
+        query = f"SELECT seq, partition_key, job_id, file FROM images {where}"
+        return [LedgerImage(*row) for row in self._db.execute(query, params)]

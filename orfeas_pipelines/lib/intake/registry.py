@@ -1,0 +1,132 @@
+"""The agent key registry (`agents.json`, mode 0600): who may drop jobs, and their limits.
+
+File layout: ``{"version": 1, "agents": {"<agent_id>": {"secret": "...", "rate_per_minute": 60,
+"max_images": 16, "formats": ["stl", ...], "max_resolution": 256}}}``. Secrets live only in
+this file; nothing else (reprs, logs, errors) ever shows them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from filelock import FileLock
+
+from orfeas_pipelines.lib.home import write_json_atomic
+from orfeas_pipelines.lib.intake.manifest import MESH_FORMATS, is_valid_id
+from orfeas_pipelines.lib.intake.signing import new_secret
+
+REGISTRY_MODE = 0o600
+
+
+class RegistryError(ValueError):
+    """A bad agent definition or an unreadable registry; one line, never a secret."""
+
+
+@dataclass(frozen=True)
+class AgentPolicy:
+    """One agent's secret and permissions. The secret is left out of repr on purpose."""
+
+    agent_id: str
+    secret: str = field(repr=False)
+    rate_per_minute: int = 60
+    max_images: int = 16
+    formats: tuple[str, ...] = MESH_FORMATS
+    max_resolution: int = 256
+
+    def __post_init__(self) -> None:
+        if not is_valid_id(self.agent_id):
+            raise RegistryError(
+                f"agent id {self.agent_id!r} is not allowed: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit"
+            )
+        for name in ("rate_per_minute", "max_images", "max_resolution"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise RegistryError(f"agent {self.agent_id}: {name} must be a positive integer, not {value!r}")
+        if not 16 <= self.max_resolution <= 1024:
+            raise RegistryError(f"agent {self.agent_id}: max_resolution must be within 16..1024, not {self.max_resolution}")
+        formats = tuple(self.formats)
+        unknown = [fmt for fmt in formats if fmt not in MESH_FORMATS]
+        if not formats or unknown:
+            raise RegistryError(
+                f"agent {self.agent_id}: formats must be a non-empty subset of {', '.join(MESH_FORMATS)}"
+                + (f" (unknown: {', '.join(map(str, unknown))})" if unknown else "")
+            )
+        if not isinstance(self.secret, str) or len(self.secret) < 16:
+            raise RegistryError(f"agent {self.agent_id}: secret is missing or shorter than 16 characters")
+        object.__setattr__(self, "formats", formats)
+
+    def to_json(self) -> dict:
+        payload = asdict(self)
+        del payload["agent_id"]
+        payload["formats"] = list(self.formats)
+        return payload
+
+
+@dataclass(frozen=True)
+class AgentRegistry:
+    agents: dict[str, AgentPolicy] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: Path) -> "AgentRegistry":
+        """Read agents.json; a missing file is an empty registry."""
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls()
+        try:
+            data = json.loads(raw)
+            entries = data["agents"]
+            agents = {agent_id: _policy(agent_id, entry) for agent_id, entry in entries.items()}
+        except RegistryError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RegistryError(f"{path}: not a valid agent registry (expected {{\"version\": 1, \"agents\": {{...}}}})") from None
+        return cls(agents)
+
+    def get(self, agent_id: str) -> AgentPolicy | None:
+        return self.agents.get(agent_id)
+
+    def __len__(self) -> int:
+        return len(self.agents)
+
+    def __repr__(self) -> str:
+        return f"AgentRegistry(agents={sorted(self.agents)})"
+
+    def save(self, path: Path) -> None:
+        payload = {"version": 1, "agents": {agent_id: policy.to_json() for agent_id, policy in sorted(self.agents.items())}}
+        write_json_atomic(Path(path), payload, mode=REGISTRY_MODE)
+
+
+def create_agent(
+    path: Path,
+    agent_id: str,
+    rate_per_minute: int = 60,
+    max_images: int = 16,
+    formats: Iterable[str] = MESH_FORMATS,
+    max_resolution: int = 256,
+) -> AgentPolicy:
+    """Add an agent with a fresh secret; the caller shows the secret once. Ids are never reused."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    policy = AgentPolicy(agent_id, new_secret(), rate_per_minute, max_images, tuple(formats), max_resolution)
+    with FileLock(str(path.with_name(f".{path.name}.lock"))):
+        registry = AgentRegistry.load(path)
+        if agent_id in registry.agents:
+            raise RegistryError(f"agent {agent_id} already exists in {path}; pick another id")
+        AgentRegistry({**registry.agents, agent_id: policy}).save(path)
+    return policy
+
+
+def _policy(agent_id: str, entry: dict) -> AgentPolicy:
+    return AgentPolicy(
+        agent_id=agent_id,
+        secret=entry["secret"],
+        rate_per_minute=entry.get("rate_per_minute", 60),
+        max_images=entry.get("max_images", 16),
+        formats=tuple(entry.get("formats", MESH_FORMATS)),
+        max_resolution=entry.get("max_resolution", 256),
+    )

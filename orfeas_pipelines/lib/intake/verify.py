@@ -1,0 +1,210 @@
+"""Checks of one job folder, in the fixed order of the contract; each failure is an IntakeError.
+
+Order: manifest (size, JSON, version, schema) → agent known → signature → time window →
+replay → permissions (formats, resolution, image count) → each image (plain name, no
+symlink, regular file, size, sha256, full decode). The rate limit comes last and only
+defers, so it lives with the inbox loop.
+
+Files are opened relative to the job folder's descriptor with O_NOFOLLOW, so a symlink or a
+path outside the folder is refused by the kernel, not by string checks alone; O_NONBLOCK
+keeps a FIFO from hanging the tick.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from orfeas_pipelines.lib.images import ImageError, decode_image
+from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+from orfeas_pipelines.lib.intake.manifest import (
+    MAX_MANIFEST_BYTES,
+    ImageEntry,
+    IntakeError,
+    JobManifest,
+    is_valid_id,
+    parse_manifest,
+)
+from orfeas_pipelines.lib.intake.registry import AgentPolicy, AgentRegistry
+from orfeas_pipelines.lib.intake.signing import signature_matches
+
+MANIFEST_NAME = "job.json"
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Per-image limits applied before and during decoding."""
+
+    max_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+
+
+def read_manifest(folder: Path) -> bytes:
+    """The raw job.json of a job folder; FileNotFoundError when it is not written yet."""
+    try:
+        fd = os.open(folder / MANIFEST_NAME, _OPEN_FLAGS)
+    except OSError as error:
+        if error.errno == errno.ENOENT:
+            raise FileNotFoundError(str(folder / MANIFEST_NAME)) from None
+        if error.errno == errno.ELOOP:
+            raise IntakeError("path_not_allowed", "job.json is a symlink") from None
+        raise IntakeError("not_a_job", f"job.json cannot be read ({error.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IntakeError("not_a_job", "job.json is not a regular file")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise IntakeError("too_large", f"job.json is {info.st_size} bytes, over the limit of {MAX_MANIFEST_BYTES}")
+        return _read_bounded(handle, info.st_size, MAX_MANIFEST_BYTES)
+
+
+def verify_job(
+    folder: Path,
+    raw: bytes,
+    registry: AgentRegistry,
+    ledger: IntakeLedger,
+    jobs_dir: Path,
+    judged_at_epoch: float,
+    window_seconds: float,
+    limits: ImageLimits,
+    manifest: JobManifest | None = None,
+) -> tuple[JobManifest, AgentPolicy]:
+    """Every check except the rate limit; returns the manifest and the agent's policy.
+
+    `judged_at_epoch` is the time the job counts as arrived (now, or when it was first
+    deferred). Pass `manifest` when the caller already parsed `raw`.
+    """
+    manifest = manifest or parse_manifest(raw)
+    job_id, agent_id = manifest.job_id, manifest.agent_id
+    if folder.name != job_id:
+        raise IntakeError("bad_manifest", f"folder {folder.name!r} does not match job_id {job_id}", job_id, agent_id)
+    policy = registry.get(agent_id)
+    if policy is None:
+        raise IntakeError("unknown_agent", f"agent {agent_id} is not in the key registry", job_id, agent_id)
+    if not signature_matches(manifest.signed_fields(), manifest.signature, policy.secret):
+        raise IntakeError("bad_signature", f"signature does not match agent {agent_id}'s key", job_id, agent_id)
+    _check_time_window(manifest, judged_at_epoch, window_seconds)
+    if ledger.nonce_seen(agent_id, manifest.nonce):
+        raise IntakeError("replay", f"nonce was already used by agent {agent_id}", job_id, agent_id)
+    if ledger.job_seen(job_id) or os.path.lexists(jobs_dir / job_id):
+        raise IntakeError("replay", f"job id {job_id} was already used", job_id, agent_id)
+    try:
+        _check_permissions(manifest, policy)
+        _check_images(folder, manifest.images, limits)
+    except IntakeError as error:
+        raise IntakeError(error.code, error.message, job_id, agent_id, authentic=True) from None
+    return manifest, policy
+
+
+def _check_time_window(manifest: JobManifest, judged_at_epoch: float, window_seconds: float) -> None:
+    age = judged_at_epoch - manifest.created.timestamp()
+    window = timedelta(seconds=window_seconds)
+    if age > window_seconds:
+        raise IntakeError(
+            "stale",
+            f"created_at {manifest.created_at} is {timedelta(seconds=int(age))} old, over the window of {window}",
+            manifest.job_id,
+            manifest.agent_id,
+        )
+    if -age > window_seconds:
+        raise IntakeError(
+            "future",
+            f"created_at {manifest.created_at} is {timedelta(seconds=int(-age))} in the future, over the window of {window}",
+            manifest.job_id,
+            manifest.agent_id,
+        )
+
+
+def _check_permissions(manifest: JobManifest, policy: AgentPolicy) -> None:
+    refused = [fmt for fmt in manifest.output.formats if fmt not in policy.formats]
+    if refused:
+        raise IntakeError(
+            "format_not_allowed",
+            f"agent {policy.agent_id} may not request {', '.join(refused)} (allowed: {', '.join(policy.formats)})",
+        )
+    if manifest.params.resolution > policy.max_resolution:
+        raise IntakeError(
+            "resolution_not_allowed",
+            f"resolution {manifest.params.resolution} is over agent {policy.agent_id}'s limit of {policy.max_resolution}",
+        )
+    if len(manifest.images) > policy.max_images:
+        raise IntakeError(
+            "too_many_images",
+            f"{len(manifest.images)} images is over agent {policy.agent_id}'s limit of {policy.max_images} per job",
+        )
+
+
+def _check_images(folder: Path, images: list[ImageEntry], limits: ImageLimits) -> None:
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for image in images:
+            _check_image(folder_fd, image, limits)
+    finally:
+        os.close(folder_fd)
+
+
+def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits) -> None:
+    name = image.file
+    if not is_valid_id(name) or name == MANIFEST_NAME:
+        raise IntakeError(
+            "path_not_allowed", f"image {_quote(name)} is not a plain file name inside the job folder (A-Z a-z 0-9 . _ -)"
+        )
+    data = _read_image(folder_fd, name, limits.max_bytes)
+    if hashlib.sha256(data).hexdigest() != image.sha256.lower():
+        raise IntakeError("hash_mismatch", f"image {name}: sha256 does not match the manifest")
+    if not _is_accepted_image_format(data):
+        raise IntakeError("not_an_image", f"image {name}: not a PNG, JPEG or WebP file")
+    try:
+        decode_image(data, name, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes)
+    except ImageError as error:
+        raise IntakeError(error.code, f"image {error}") from None
+
+
+def _read_image(folder_fd: int, name: str, max_bytes: int) -> bytes:
+    try:
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=folder_fd)
+    except OSError as error:
+        if error.errno == errno.ENOENT:
+            raise IntakeError("image_missing", f"image {name} is listed but not in the job folder") from None
+        if error.errno == errno.ELOOP:
+            raise IntakeError("path_not_allowed", f"image {name} is a symlink") from None
+        raise IntakeError("image_missing", f"image {name} cannot be read ({error.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IntakeError("path_not_allowed", f"image {name} is not a regular file")
+        if info.st_size > max_bytes:
+            raise IntakeError("too_large", f"image {name} is {info.st_size} bytes, over the limit of {max_bytes}")
+        data = _read_bounded(handle, info.st_size, max_bytes)
+    if len(data) > max_bytes:
+        raise IntakeError("too_large", f"image {name} grew past the limit of {max_bytes} bytes while being read")
+    return data
+
+
+def _read_bounded(handle: BinaryIO, expected_size: int, limit: int) -> bytes:
+    """Read a file whose size fstat gave, without allocating `limit` bytes up front.
+
+    A file still growing reads on, up to limit + 1 bytes, so the caller can refuse it.
+    """
+    data = handle.read(expected_size + 1)
+    if len(data) > expected_size:
+        data += handle.read(limit + 1 - len(data))
+    return data
+
+
+def _is_accepted_image_format(data: bytes) -> bool:
+    """PNG, JPEG and WebP only, by magic bytes, so Pillow never reaches riskier decoders (EPS...)."""
+    return data.startswith(_IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _quote(name: str) -> str:
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,169 @@
+"""Foreground segmentation: which pixels of an image show the object.
+
+The alpha channel is used when it means something; otherwise the background colour is
+estimated from the image border. The mask is then cleaned: only the largest connected
+object is kept and small holes (specks of background colour inside the object) are
+filled, while large holes such as a ring's are kept. The core works on a whole batch as
+one tensor on the generator's device; `foreground_mask` is the one-image convenience.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from orfeas_pipelines.lib.images import has_meaningful_alpha
+
+if TYPE_CHECKING:
+    import torch
+
+MIN_COLOUR_DISTANCE = 0.12
+"""Smallest RGB distance (0..1 per channel) from the background colour that counts as object."""
+
+BORDER_NOISE_FACTOR = 4.0
+"""The threshold also stays this many times above the border's own colour spread (noise, JPEG)."""
+
+SMALL_HOLE_FRACTION = 0.005
+"""Enclosed holes smaller than this fraction of the object's area are filled."""
+
+
+def foreground_mask(image: np.ndarray) -> np.ndarray:
+    """Boolean (H, W) mask of the object in an RGBA uint8 (H, W, 4) image."""
+    import torch
+
+    _check_rgba(image)
+    pixels = torch.tensor(image).permute(2, 0, 1)[None].float() / 255.0
+    return foreground_masks(pixels)[0].numpy()
+
+
+def ensure_alpha(image: np.ndarray) -> np.ndarray:
+    """The image with a meaningful alpha channel: unchanged if it has one, else the mask."""
+    _check_rgba(image)
+    if has_meaningful_alpha(image):
+        return image
+    with_alpha = image.copy()
+    with_alpha[..., 3] = np.where(foreground_mask(image), 255, 0).astype(np.uint8)
+    return with_alpha
+
+
+def foreground_masks(rgba: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Masks (B, H, W) bool for images (B, 4, H, W) with values in 0..1.
+
+    `valid` (B, H, W) marks the pixels that belong to the image (not padding); pixels
+    outside it are background. Each item uses its alpha when some but not all of it is
+    transparent, else a colour key against the median border colour.
+    """
+    import torch
+
+    alpha = rgba[:, 3]
+    transparent = alpha < 0.5
+    use_alpha = transparent.flatten(1).any(1) & ~transparent.flatten(1).all(1)
+    mask = torch.where(use_alpha[:, None, None], ~transparent, _colour_key(rgba[:, :3]))
+    if valid is not None:
+        mask = mask & valid
+    return _fill_small_holes(_largest_component(mask))
+
+
+def _colour_key(rgb: torch.Tensor) -> torch.Tensor:
+    """Pixels whose colour is far from the median border colour, per item."""
+    import torch
+
+    border = torch.cat([rgb[:, :, 0, :], rgb[:, :, -1, :], rgb[:, :, :, 0], rgb[:, :, :, -1]], dim=2)
+    background = border.median(dim=2).values
+    border_spread = (border - background[:, :, None]).norm(dim=1).quantile(0.9, dim=1)
+    threshold = torch.clamp(border_spread * BORDER_NOISE_FACTOR, min=MIN_COLOUR_DISTANCE)
+    distance = (rgb - background[:, :, None, None]).norm(dim=1)
+    return distance > threshold[:, None, None]
+
+
+def _largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """Only the largest 8-connected component of each mask (ties: the lowest label)."""
+    import torch
+
+    labels = component_labels(mask, diagonal=True)
+    batch, height, width = mask.shape
+    per_item = height * width + 1
+    flat = labels + torch.arange(batch, device=mask.device)[:, None, None] * per_item
+    sizes = torch.bincount(flat.flatten(), minlength=batch * per_item).view(batch, per_item)
+    sizes[:, 0] = 0
+    keep = sizes.argmax(dim=1)
+    return mask & (labels == keep[:, None, None])
+
+
+def _fill_small_holes(mask: torch.Tensor) -> torch.Tensor:
+    """Fill enclosed background regions smaller than SMALL_HOLE_FRACTION of the object."""
+    import torch
+
+    background = ~mask
+    labels = component_labels(background, diagonal=False)
+    batch, height, width = mask.shape
+    per_item = height * width + 1
+    flat = labels + torch.arange(batch, device=mask.device)[:, None, None] * per_item
+    sizes = torch.bincount(flat.flatten(), minlength=batch * per_item)
+    touches_border = torch.zeros(batch * per_item, dtype=torch.bool, device=mask.device)
+    edge = torch.zeros_like(mask)
+    edge[:, 0, :] = edge[:, -1, :] = edge[:, :, 0] = edge[:, :, -1] = True
+    touches_border[flat[edge & background]] = True
+    limit = mask.flatten(1).sum(1) * SMALL_HOLE_FRACTION
+    small = sizes[flat] < limit[:, None, None]
+    return mask | (background & ~touches_border[flat] & small)
+
+
+def component_labels(mask: torch.Tensor, diagonal: bool) -> torch.Tensor:
+    """Connected-component labels (B, H, W) int64: 0 off the mask, else a label per component.
+
+    Each component is labelled with the largest flat pixel index (+1) it contains. Labels
+    spread along whole horizontal and vertical runs per step (and diagonally for
+    8-connectivity), so a shape converges in about as many steps as its path has turns.
+    """
+    import torch
+
+    batch, height, width = mask.shape
+    index = torch.arange(1, height * width + 1, device=mask.device).view(1, height, width)
+    labels = torch.where(mask, index, torch.zeros((), dtype=torch.long, device=mask.device))
+    while True:
+        previous = labels
+        labels = _spread_along_runs(labels, mask)
+        labels = _spread_along_runs(labels.transpose(1, 2), mask.transpose(1, 2)).transpose(1, 2)
+        if diagonal:
+            labels = _spread_to_neighbours(labels, mask)
+        if torch.equal(labels, previous):
+            return labels.contiguous()
+
+
+def _spread_along_runs(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Every horizontal run of mask pixels takes the largest label found in it.
+
+    A running maximum of (run number, label) from the left gives each pixel the largest
+    label between its run's start and itself; the same from the right covers the rest.
+    """
+    import torch
+
+    return torch.maximum(_running_max_in_runs(labels, mask), _running_max_in_runs(labels.flip(2), mask.flip(2)).flip(2))
+
+
+def _running_max_in_runs(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    starts = mask.clone()
+    starts[:, :, 1:] &= ~mask[:, :, :-1]
+    run_base = torch.cumsum(starts, dim=2) * (labels.shape[1] * labels.shape[2] + 1)
+    running = torch.cummax(run_base + labels, dim=2).values - run_base
+    return torch.where(mask, running, labels)
+
+
+def _spread_to_neighbours(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One step of 8-neighbour label spreading (a 3x3 max), kept inside the mask."""
+    import torch
+    import torch.nn.functional as F
+
+    as_float = labels.to(torch.float64)[:, None]
+    spread = F.max_pool2d(as_float, kernel_size=3, stride=1, padding=1)[:, 0].to(labels.dtype)
+    return torch.where(mask, spread, labels)
+
+
+def _check_rgba(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 4 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"image must be an RGBA uint8 array of shape (H, W, 4), got {shape}")

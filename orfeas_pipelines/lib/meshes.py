@@ -1,0 +1,146 @@
+"""Mesh clean-up, the contract's frame, and what makes a mesh valid.
+
+A mesh is valid when it is non-empty, watertight, has no degenerate faces and only finite
+coordinates. `clean_mesh` gets a generator's raw output there without changing its shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import trimesh
+
+FLOATER_FRACTION = 0.01
+"""Disconnected pieces with fewer faces than this fraction of the largest piece are dropped."""
+
+DEGENERATE_HEIGHT = 1e-8
+"""A face whose smallest height is below this (in the mesh's units) counts as degenerate."""
+
+
+def clean_mesh(mesh: trimesh.Trimesh, face_budget: int | None = None) -> trimesh.Trimesh:
+    """A cleaned copy: merged vertices, no degenerate or duplicate faces, no floaters,
+    consistent outward winding, and at most `face_budget` faces when one is given.
+
+    trimesh's quadric decimation needs an extra package (fast_simplification), so a face
+    budget is met by remeshing instead: the solid is voxelised at the finest pitch whose
+    marching-cubes surface fits the budget, which keeps it closed (watertight) at the cost
+    of detail, and fitted back onto the original bounding box (voxels add about a pitch on
+    each side); vertex colours are carried over from the nearest original vertex.
+    """
+    mesh = _copy(mesh, mesh.vertices)
+    mesh.merge_vertices()
+    _drop_bad_faces(mesh)
+    pieces = _drop_floaters(mesh)
+    if face_budget is not None and len(mesh.faces) > face_budget:
+        mesh = _remesh_within_budget(mesh, face_budget)
+        _drop_bad_faces(mesh)
+        pieces = _drop_floaters(mesh)
+    if not mesh.is_watertight:
+        trimesh.repair.fill_holes(mesh)
+    trimesh.repair.fix_normals(mesh, multibody=pieces > 1)
+    return mesh
+
+
+def normalise_to_frame(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A copy centred on its bounding box with its largest side scaled to 1."""
+    if len(mesh.vertices) == 0:
+        raise ValueError("cannot normalise an empty mesh")
+    lower, upper = mesh.bounds
+    largest = float((upper - lower).max())
+    if not np.isfinite(largest) or largest <= 0:
+        raise ValueError(f"cannot normalise a mesh whose largest side is {largest}")
+    return _copy(mesh, (mesh.vertices - (lower + upper) / 2) / largest)
+
+
+def mesh_problems(mesh: trimesh.Trimesh | None) -> list[str]:
+    """Why a mesh is not valid, one short phrase per problem; empty when it is valid."""
+    if mesh is None or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
+        return ["mesh is empty"]
+    problems = []
+    if not np.isfinite(mesh.vertices).all():
+        problems.append("mesh has non-finite vertex coordinates")
+        return problems
+    degenerate = int((~mesh.nondegenerate_faces(height=DEGENERATE_HEIGHT)).sum())
+    if degenerate:
+        problems.append(f"mesh has {degenerate} degenerate faces")
+    if not mesh.is_watertight:
+        problems.append("mesh is not watertight")
+    return problems
+
+
+def is_valid_mesh(mesh: trimesh.Trimesh | None) -> bool:
+    return not mesh_problems(mesh)
+
+
+def mesh_summary(mesh: trimesh.Trimesh) -> dict[str, Any]:
+    """Plain-JSON facts about a mesh for run metadata and status files."""
+    watertight = bool(mesh.is_watertight)
+    components = int(mesh.body_count) if len(mesh.faces) else 0
+    euler = int(mesh.euler_number)
+    return {
+        "vertices": int(len(mesh.vertices)),
+        "faces": int(len(mesh.faces)),
+        "watertight": watertight,
+        "components": components,
+        "euler_number": euler,
+        "genus": (2 * components - euler) // 2 if watertight else None,
+        "extents": [float(value) for value in mesh.extents] if len(mesh.vertices) else [0.0, 0.0, 0.0],
+    }
+
+
+def _copy(mesh: trimesh.Trimesh, vertices: np.ndarray) -> trimesh.Trimesh:
+    """A new mesh with these vertices, the same faces and the same vertex or face colours.
+
+    Cheaper than `Trimesh.copy`, which also copies every cache; other visuals (textures)
+    are not carried, no generator here makes them.
+    """
+    colours = {}
+    if mesh.visual.kind == "vertex":
+        colours["vertex_colors"] = mesh.visual.vertex_colors.copy()
+    elif mesh.visual.kind == "face":
+        colours["face_colors"] = mesh.visual.face_colors.copy()
+    return trimesh.Trimesh(vertices=np.array(vertices, dtype=np.float64), faces=mesh.faces.copy(), process=False, **colours)
+
+
+def _drop_bad_faces(mesh: trimesh.Trimesh) -> None:
+    mesh.update_faces(mesh.nondegenerate_faces(height=DEGENERATE_HEIGHT))
+    mesh.update_faces(mesh.unique_faces())
+    mesh.remove_unreferenced_vertices()
+
+
+def _drop_floaters(mesh: trimesh.Trimesh) -> int:
+    """Drop small disconnected pieces in place; returns how many pieces are left."""
+    if len(mesh.faces) == 0:
+        return 0
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    sizes = np.bincount(labels)
+    kept = sizes >= FLOATER_FRACTION * sizes.max()
+    if not kept.all():
+        mesh.update_faces(kept[labels])
+        mesh.remove_unreferenced_vertices()
+    return int(kept.sum())
+
+
+def _remesh_within_budget(mesh: trimesh.Trimesh, face_budget: int) -> trimesh.Trimesh:
+    """The solid voxelised and re-surfaced coarsely enough to have at most `face_budget` faces."""
+    from scipy.spatial import cKDTree
+
+    pitch = float(np.sqrt(2.0 * mesh.area / face_budget))
+    for _attempt in range(12):
+        voxels = mesh.voxelized(pitch).fill()
+        remeshed = voxels.marching_cubes
+        remeshed.apply_transform(voxels.transform)
+        if len(remeshed.faces) <= face_budget:
+            break
+        pitch *= 1.25 * float(np.sqrt(len(remeshed.faces) / face_budget))
+    else:
+        raise ValueError(f"cannot remesh within a budget of {face_budget} faces")
+    remeshed.merge_vertices()
+    lower, upper = remeshed.bounds
+    target_lower, target_upper = mesh.bounds
+    remeshed.vertices = target_lower + (remeshed.vertices - lower) * (target_upper - target_lower) / (upper - lower)
+    if mesh.visual.kind == "vertex":
+        _, nearest = cKDTree(mesh.vertices).query(remeshed.vertices)
+        remeshed.visual.vertex_colors = mesh.visual.vertex_colors[nearest]
+    return remeshed

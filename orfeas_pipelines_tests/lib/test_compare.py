@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import trimesh
+
+from orfeas_pipelines.lib.compare import (
+    MATCH_THRESHOLD,
+    chamfer_distance,
+    compare_batch_to_sequential,
+    silhouette,
+    silhouette_iou,
+)
+
+
+@pytest.fixture(scope="module")
+def blob() -> trimesh.Trimesh:
+    return trimesh.creation.capsule(height=1.0, radius=0.4, count=[24, 24])
+
+
+def test_identical_meshes_are_at_distance_zero(blob):
+    assert chamfer_distance(blob, blob) == 0.0
+    assert chamfer_distance(blob, blob.copy()) == 0.0
+
+
+def test_a_retessellated_copy_of_the_same_surface_matches():
+    coarse = trimesh.creation.icosphere(subdivisions=4)
+    fine = trimesh.creation.icosphere(subdivisions=5)
+    assert 0 < chamfer_distance(coarse, fine) < MATCH_THRESHOLD / 2
+
+
+@pytest.mark.parametrize("change", ["shift", "scale"])
+def test_a_different_mesh_is_detected(blob, change):
+    other = blob.copy()
+    if change == "shift":
+        other.apply_translation([0.05 * np.linalg.norm(blob.extents), 0, 0])
+    else:
+        other.apply_scale(1.1)
+    assert chamfer_distance(blob, other) > MATCH_THRESHOLD
+
+
+def test_chamfer_is_symmetric_and_deterministic(blob):
+    other = blob.copy().apply_scale(1.05)
+    first = chamfer_distance(blob, other)
+    assert first == chamfer_distance(other, blob) == chamfer_distance(blob, other)
+
+
+def test_chamfer_refuses_an_empty_mesh(blob):
+    with pytest.raises(ValueError, match="second mesh has no surface"):
+        chamfer_distance(blob, trimesh.Trimesh())
+
+
+def test_batch_agreement_counts_failures_on_both_sides_as_matches(blob):
+    moved = blob.copy().apply_translation([1, 0, 0])
+    agreement = compare_batch_to_sequential(
+        {"a": blob, "b": None, "c": blob, "d": None},
+        {"a": blob.copy(), "b": None, "c": moved, "d": blob},
+    )
+    assert (agreement.matched, agreement.compared) == (2, 4)
+    assert agreement.distances["a"] == 0.0 and agreement.distances["b"] is None
+    assert agreement.distances["c"] > MATCH_THRESHOLD and agreement.distances["d"] is None
+    assert agreement.fraction == 0.5 and not agreement.passed
+
+
+def test_batch_agreement_needs_strictly_more_than_the_required_fraction(blob):
+    batch = {f"k{index}": None for index in range(100)}
+    sequential = dict(batch, k0=blob)
+    assert not compare_batch_to_sequential(batch, sequential).passed
+    assert compare_batch_to_sequential(batch, dict(batch)).passed
+    assert compare_batch_to_sequential({"only": blob}, {"only": blob}).passed
+
+
+def test_silhouette_of_a_box_fills_its_frame_and_follows_the_axes():
+    box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+    assert silhouette(box, 10, 20).all()
+    wedge = trimesh.Trimesh(
+        vertices=[[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], faces=[[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]]
+    )
+    seen = silhouette(wedge, 20, 20)
+    assert seen[1, 1] and seen[18, 1] and seen[18, 18] and not seen[1, 18]
+
+
+def test_silhouette_iou_compares_shapes_after_fitting_bounding_boxes():
+    box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+    rectangle = np.zeros((50, 80), dtype=bool)
+    rectangle[10:30, 15:55] = True
+    assert silhouette_iou(box, rectangle) == pytest.approx(1.0)
+    rows, cols = np.mgrid[:60, :60]
+    disk = (rows - 30) ** 2 + (cols - 30) ** 2 < 25**2
+    assert silhouette_iou(box, disk) < 0.85
+    with pytest.raises(ValueError, match="at least one foreground pixel"):
+        silhouette_iou(box, np.zeros((5, 5), dtype=bool))
