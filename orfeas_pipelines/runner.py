@@ -15,8 +15,8 @@ import dagster as dg
 
 from orfeas_pipelines.lib.home import OrfeasHome
 
-PROCESS_CURSOR_KEY = "orfeas/process_intake_cursor"
 PARTITIONS_PER_REQUEST = 10_000
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass
@@ -45,15 +45,14 @@ def process_once(home: OrfeasHome, now: datetime | None = None) -> ProcessReport
     from orfeas_pipelines.definitions import defs
     from orfeas_pipelines.partitions import images_partitions, job_id_of
     from orfeas_pipelines.resources.home import OrfeasHomeResource
-    from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake
+    from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake, inbox_sensor, record_registered_seq
     from orfeas_pipelines.sensors.outbox import run_partition_keys, settle_run
 
     os.environ["ORFEAS_HOME"] = str(home.root)
     orfeas_home = OrfeasHomeResource(root=str(home.root))
     report = ProcessReport()
     with open_instance(home) as instance:
-        cursor = instance.run_storage.get_cursor_values({PROCESS_CURSOR_KEY}).get(PROCESS_CURSOR_KEY)
-        result = evaluate_intake(orfeas_home, IntakeSettings(), cursor, now=now)
+        result = evaluate_intake(orfeas_home, IntakeSettings(), None, instance, now=now)
         report.skip_reason = result.skip_reason
         for request in result.dynamic_partitions_requests:
             keys = list(request.partition_keys)
@@ -63,7 +62,8 @@ def process_once(home: OrfeasHome, now: datetime | None = None) -> ProcessReport
         for request in result.run_requests:
             outcome = job.execute_in_process(
                 instance=instance,
-                tags={**request.tags, "dagster/run_key": request.run_key or ""},
+                tags={**request.tags, "dagster/run_key": request.run_key or "", "dagster/sensor_name": inbox_sensor.name},
+                run_config=QUIET_RUN_CONFIG,
                 raise_on_error=False,
             )
             run = instance.get_run_by_id(outcome.run_id)
@@ -74,6 +74,6 @@ def process_once(home: OrfeasHome, now: datetime | None = None) -> ProcessReport
                 settle_run(orfeas_home, instance, run, f"run {outcome.run_id} failed")
             else:
                 settle_run(orfeas_home, instance, run, "run ended without delivering this image")
-        if result.cursor is not None:
-            instance.run_storage.set_cursor_values({PROCESS_CURSOR_KEY: result.cursor})
+        if result.run_requests:
+            record_registered_seq(instance, int(result.cursor))
     return report

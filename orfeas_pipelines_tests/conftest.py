@@ -70,7 +70,9 @@ def submit_images(home: OrfeasHome, agent: AgentPolicy, paths: list[Path], per_j
 
 def register_pending(home: OrfeasHome, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
     """One intake tick through the sensor's own function, with its partitions added."""
-    result = evaluate_intake(OrfeasHomeResource(root=str(home.root)), IntakeSettings(), cursor, datetime.now(timezone.utc))
+    result = evaluate_intake(
+        OrfeasHomeResource(root=str(home.root)), IntakeSettings(), cursor, instance, datetime.now(timezone.utc)
+    )
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result

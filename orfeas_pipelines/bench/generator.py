@@ -41,7 +41,11 @@ def bench_generator(
     rows = []
     for resolution in resolutions:
         requests = [
-            GenerationRequest(key=f"{paths[index % len(paths)].stem}-{index}", image=pictures[index % len(pictures)], resolution=resolution)
+            GenerationRequest(
+                key=f"{paths[index % len(paths)].stem}-{index}",
+                image=pictures[index % len(pictures)],
+                resolution=resolution,
+            )
             for index in range(images)
         ]
         generate_in_batches(generator, requests[:2], batch_size=2)

@@ -53,7 +53,9 @@ def _time_mode(home: OrfeasHome, jobs: int, resolution: int, batched: bool) -> f
         for index in range(jobs)
     ]
     with open_instance(home) as instance:
-        result = evaluate_intake(OrfeasHomeResource(root=str(home.root)), IntakeSettings(), None, datetime.now(timezone.utc))
+        result = evaluate_intake(
+            OrfeasHomeResource(root=str(home.root)), IntakeSettings(), None, instance, datetime.now(timezone.utc)
+        )
         keys = list(result.dynamic_partitions_requests[0].partition_keys)
         instance.add_dynamic_partitions("images", keys)
     environment = {**os.environ, "ORFEAS_HOME": str(home.root), "DAGSTER_HOME": str(home.dagster_home)}

@@ -113,23 +113,36 @@ def _fill_small_holes(mask: torch.Tensor) -> torch.Tensor:
 def component_labels(mask: torch.Tensor, diagonal: bool) -> torch.Tensor:
     """Connected-component labels (B, H, W) int64: 0 off the mask, else a label per component.
 
-    Each component is labelled with the largest flat pixel index (+1) it contains. Labels
-    spread along whole horizontal and vertical runs per step (and diagonally for
-    8-connectivity), so a shape converges in about as many steps as its path has turns.
+    Each component is labelled with the largest flat pixel index (+1) it contains. Every
+    label is the index of a pixel of the same component, so besides spreading along whole
+    horizontal and vertical runs (and diagonally for 8-connectivity) a pixel can also take
+    the label of the pixel its label points to (pointer jumping). Items leave the loop as
+    soon as their labels stop changing, so a batch costs what its items cost one by one.
     """
     import torch
 
     batch, height, width = mask.shape
     index = torch.arange(1, height * width + 1, device=mask.device).view(1, height, width)
     labels = torch.where(mask, index, torch.zeros((), dtype=torch.long, device=mask.device))
-    while True:
-        previous = labels
-        labels = _spread_along_runs(labels, mask)
-        labels = _spread_along_runs(labels.transpose(1, 2), mask.transpose(1, 2)).transpose(1, 2)
-        if diagonal:
-            labels = _spread_to_neighbours(labels, mask)
-        if torch.equal(labels, previous):
-            return labels.contiguous()
+    active = torch.arange(batch, device=mask.device)
+    while active.numel():
+        current, current_mask = labels[active], mask[active]
+        spread = _label_step(current, current_mask, diagonal)
+        labels[active] = spread
+        active = active[(spread != current).flatten(1).any(dim=1)]
+    return labels
+
+
+def _label_step(labels: torch.Tensor, mask: torch.Tensor, diagonal: bool) -> torch.Tensor:
+    import torch
+
+    labels = _spread_along_runs(labels, mask)
+    labels = _spread_along_runs(labels.transpose(1, 2), mask.transpose(1, 2)).transpose(1, 2)
+    if diagonal:
+        labels = _spread_to_neighbours(labels, mask)
+    flat = labels.reshape(labels.shape[0], -1)
+    pointed = torch.gather(flat, 1, (flat - 1).clamp(min=0)).view_as(labels)
+    return torch.where(mask, torch.maximum(labels, pointed), labels)
 
 
 def _spread_along_runs(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

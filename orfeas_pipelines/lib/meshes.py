@@ -100,7 +100,9 @@ def _copy(mesh: trimesh.Trimesh, vertices: np.ndarray) -> trimesh.Trimesh:
         colours["vertex_colors"] = mesh.visual.vertex_colors.copy()
     elif mesh.visual.kind == "face":
         colours["face_colors"] = mesh.visual.face_colors.copy()
-    return trimesh.Trimesh(vertices=np.array(vertices, dtype=np.float64), faces=mesh.faces.copy(), process=False, **colours)
+    return trimesh.Trimesh(
+        vertices=np.array(vertices, dtype=np.float64), faces=mesh.faces.copy(), process=False, **colours
+    )
 
 
 def _drop_bad_faces(mesh: trimesh.Trimesh) -> None:

@@ -4,6 +4,11 @@ Intake moves accepted jobs to `jobs/` and appends their images to a durable ledg
 cursor is the last ledger sequence number whose images were registered, so it never
 grows, and a tick that fails after intake loses nothing: the next tick registers the same
 ledger rows again, and the run key stops a second launch.
+
+The daemon's sensor and `orfeas process` share one high-water mark in the instance's
+key-value store, so neither registers what the other already ran. Only committed cursors
+are written there (the one a tick starts from, or one whose runs have executed), so a
+failed tick can make a run repeat, never lose an image.
 """
 
 
@@ -19,6 +24,7 @@ MAX_JOBS_PER_TICK = 500
 MAX_IMAGES_PER_RUN = 2000
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+REGISTERED_SEQ_KEY = "orfeas/registered_image_seq"
 
 
 class IntakeSettings(dg.ConfigurableResource):
@@ -29,8 +35,23 @@ class IntakeSettings(dg.ConfigurableResource):
     window_seconds: int = 600
 
 
+def registered_seq(instance: dg.DagsterInstance) -> int:
+    """The last ledger sequence number whose images have a run, by whichever path ran them."""
+    value = instance.run_storage.get_cursor_values({REGISTERED_SEQ_KEY}).get(REGISTERED_SEQ_KEY)
+    return int(value or 0)
+
+
+def record_registered_seq(instance: dg.DagsterInstance, seq: int) -> None:
+    if seq > registered_seq(instance):
+        instance.run_storage.set_cursor_values({REGISTERED_SEQ_KEY: str(seq)})
+
+
 def evaluate_intake(
-    orfeas_home: OrfeasHomeResource, settings: IntakeSettings, cursor: str | None, now: datetime | None = None
+    orfeas_home: OrfeasHomeResource,
+    settings: IntakeSettings,
+    cursor: str | None,
+    instance: dg.DagsterInstance,
+    now: datetime | None = None,
 ) -> dg.SensorResult:
     """One tick: intake, then register the next ledger images and request their range run."""
     from orfeas_pipelines.lib.intake.inbox import process_inbox
@@ -38,7 +59,8 @@ def evaluate_intake(
     from orfeas_pipelines.lib.intake.registry import AgentRegistry
 
     home = orfeas_home.home
-    after = int(cursor or 0)
+    after = max(int(cursor or 0), registered_seq(instance))
+    record_registered_seq(instance, after)
     with IntakeLedger(home.state / "intake.sqlite") as ledger:
         outcome = process_inbox(
             home,
@@ -98,4 +120,4 @@ def inbox_sensor(
     Accepted jobs move to `jobs/`, rejected ones to `quarantine/` with a reason, rate-limited
     ones wait in `inbox/`; every decision is a line in `audit.log`.
     """
-    return evaluate_intake(orfeas_home, intake_settings, context.cursor)
+    return evaluate_intake(orfeas_home, intake_settings, context.cursor, context.instance)

@@ -56,7 +56,11 @@ def test_small_holes_are_filled_and_a_rings_hole_is_kept():
 
 
 def test_batched_core_gives_the_same_masks_as_one_at_a_time():
-    images = [shapes.star(size=(96, 96), radius=40), shapes.vase(size=(96, 96), height=80), shapes.ring(size=(96, 96), outer=40, inner=15)]
+    images = [
+        shapes.star(size=(96, 96), radius=40),
+        shapes.vase(size=(96, 96), height=80),
+        shapes.ring(size=(96, 96), outer=40, inner=15),
+    ]
     batch = torch.stack([torch.tensor(image).permute(2, 0, 1).float() / 255 for image in images])
     masks = foreground_masks(batch).numpy()
     for image, mask in zip(images, masks):

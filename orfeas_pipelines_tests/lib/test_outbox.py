@@ -43,7 +43,8 @@ def test_a_job_moves_from_queued_through_running_to_succeeded(home):
     record_image(home, "job-1", "b.png", "succeeded", {"stl": "b.stl"})
     status = read_status(home, "job-1")
     assert status["state"] == "succeeded" and status["run_ids"] == ["run-1"]
-    assert status["images"][0] == {"file": "a.png", "state": "succeeded", "outputs": {"stl": "a.stl"}, "metrics": {"faces": 10}}
+    expected = {"file": "a.png", "state": "succeeded", "outputs": {"stl": "a.stl"}, "metrics": {"faces": 10}}
+    assert status["images"][0] == expected
     assert status["agent_id"] == "agent-a" and status["updated_at"].endswith("Z")
 
 

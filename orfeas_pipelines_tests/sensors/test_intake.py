@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from orfeas_pipelines.definitions import defs
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines.lib.intake.audit import read_audit
 from orfeas_pipelines.resources.home import OrfeasHomeResource
@@ -73,3 +74,54 @@ def test_rate_limited_jobs_wait_in_the_inbox(home, instance, image_files):
     assert len(list(result.dynamic_partitions_requests[0].partition_keys)) == 1
     assert len([entry for entry in home.inbox.iterdir() if not entry.name.startswith(".")]) == 2
     assert any(line["decision"] == "deferred" for line in read_audit(home.audit_log))
+
+
+def test_bad_drops_are_quarantined_with_their_code_and_good_ones_beside_them_still_run(home, instance, tmp_path):
+    import json
+    from datetime import datetime, timezone
+
+    from orfeas_pipelines.lib.intake.registry import create_agent
+    from orfeas_pipelines_tests.lib.intake.drops import drop_bad_corpus, drop_good_job, tree_digest
+
+    picky = create_agent(home.agents_file, "picky", formats=("stl", "obj"), max_images=2, rate_per_minute=1000)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    now = datetime.now(timezone.utc)
+    expected = drop_bad_corpus(home, picky, now, outside)
+    before = {entry: tree_digest(home.inbox / entry) for entry in expected}
+    good = [drop_good_job(home, picky, now, name=f"good{i}.png") for i in range(2)]
+
+    result = tick(instance)
+
+    keys = list(result.dynamic_partitions_requests[0].partition_keys)
+    assert sorted(keys) == sorted([f"{good[0]}/good0.png", f"{good[1]}/good1.png"])
+    for entry, code in expected.items():
+        reason = json.loads((home.quarantine / entry / "reason.json").read_text())
+        assert reason["code"] == code, entry
+        preserved = tree_digest(home.quarantine / entry)
+        preserved.pop("reason.json")
+        original = before[entry]
+        assert preserved == original or preserved == {entry: original["."]}, entry
+    assert not [entry for entry in home.inbox.iterdir() if not entry.name.startswith(".")]
+
+    instance.add_dynamic_partitions("images", keys)
+    run = defs.resolve_job_def("mesh_job").execute_in_process(instance=instance, tags=result.run_requests[0].tags)
+    assert run.success
+    assert [outbox.read_status(home, job_id)["state"] for job_id in good] == ["succeeded", "succeeded"]
+
+
+def test_daemon_and_process_share_the_registered_mark(home, agent, image_files):
+    from orfeas_pipelines.runner import open_instance, process_once
+
+    submit_images(home, agent, image_files[:2])
+    report = process_once(home)
+    assert len(report.run_ids) == 1
+    with open_instance(home) as instance:
+        after_process = tick(instance)
+        assert not after_process.run_requests, "the daemon must not re-run what process ran"
+
+        submit_images(home, agent, image_files[2:3])
+        daemon_tick = tick(instance, cursor=after_process.cursor)
+        [request] = daemon_tick.run_requests
+        tick(instance, cursor=daemon_tick.cursor)
+    assert process_once(home).run_ids == [], "process must not re-run what the daemon registered"

@@ -105,7 +105,8 @@ class InflateGenerator:
             if index in errors:
                 return GenerationResult(key=key, error=errors[index])
             if not mask_maps[index].any():
-                return GenerationResult(key=key, error=f"{key}: no foreground found (the image is empty or all one colour)")
+                reason = "no foreground found (the image is empty or all one colour)"
+                return GenerationResult(key=key, error=f"{key}: {reason}")
             try:
                 mesh = _surface(height_maps[index], mask_maps[index], colour_planes[index], self.face_budget)
             except ValueError as error:
@@ -115,7 +116,7 @@ class InflateGenerator:
 
         if len(requests) == 1:
             return [finish(0)]
-        with ThreadPoolExecutor(max_workers=min(len(requests), len(os.sched_getaffinity(0)))) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(requests), _usable_cpus())) as pool:
             return list(pool.map(finish, range(len(requests))))
 
 
@@ -138,6 +139,13 @@ def _single_threaded_on_cpu(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS has one, e.g. in a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _image_problem(image: object) -> str | None:

@@ -166,7 +166,10 @@ class _Tick:
                 if jobs >= max_jobs:
                     stopped_at = index
                     break
-                used = self._decide(entry, images, max_images)
+                try:
+                    used = self._decide(entry, images, max_images)
+                except FileNotFoundError:
+                    continue
                 if used is _STOP:
                     stopped_at = index
                     break
@@ -180,17 +183,20 @@ class _Tick:
         return self.outcome
 
     def _decide(self, entry: os.DirEntry, images_so_far: int, max_images: int) -> int | None | object:
-        """Images this entry used; None when it was skipped or cheaply deferred; _STOP when over budget."""
+        """Images this entry used; None when cheaply deferred or not ready; _STOP when over budget.
+
+        FileNotFoundError means the entry is not ready (no job.json yet) or vanished while we
+        looked at it; either way there is nothing to decide.
+        """
         name, path = entry.name, Path(entry.path)
         if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
-            kind = "symlink" if entry.is_symlink() else "file" if entry.is_file(follow_symlinks=False) else "special file"
+            kind = "file" if entry.is_file(follow_symlinks=False) else "special file"
+            kind = "symlink" if entry.is_symlink() else kind
             self._reject(name, path, IntakeError("not_a_job", f"{kind} {name!r} in inbox/ is not a job folder"))
             return 0
         try:
             raw = read_manifest(path)
             manifest = parse_manifest(raw)
-        except FileNotFoundError:
-            return None
         except IntakeError as error:
             self._reject(name, path, error)
             return 0
@@ -205,10 +211,9 @@ class _Tick:
         judged_at = self.now_epoch if first_deferred is None else first_deferred
         try:
             manifest, policy = verify_job(
-                path, raw, self.registry, self.ledger, self.home.jobs, judged_at, self.window_seconds, self.limits, manifest
+                path, raw, self.registry, self.ledger, self.home.jobs,
+                judged_at, self.window_seconds, self.limits, manifest,
             )
-        except FileNotFoundError:
-            return None
         except IntakeError as error:
             if error.authentic:
                 self.ledger.record_rejected(manifest.job_id, manifest.agent_id, manifest.nonce, self.now_epoch)
@@ -268,7 +273,9 @@ class _Tick:
         _, first_time = self.ledger.deferral_started(name, digest, self.now_epoch)
         if first_time:
             self.audit.append(
-                audit_record(self.now, "deferred", name, job_id=manifest.job_id, agent_id=manifest.agent_id, message=reason)
+                audit_record(
+                    self.now, "deferred", name, job_id=manifest.job_id, agent_id=manifest.agent_id, message=reason
+                )
             )
             if verified is not None:
                 self.deferred_to_announce.append(verified)

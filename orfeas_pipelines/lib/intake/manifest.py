@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-MESH_FORMATS: tuple[str, ...] = ("stl", "glb", "obj", "ply")
+from orfeas_pipelines.lib.export import MESH_FORMATS
+
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_IMAGES_PER_MANIFEST = 1024
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -78,7 +80,7 @@ def is_valid_id(value: object) -> bool:
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 PrintableAscii = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]+$")]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
-MeshFormat = Literal["stl", "glb", "obj", "ply"]
+MeshFormat = Literal[MESH_FORMATS]  # type: ignore[valid-type]
 _TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 
@@ -131,6 +133,9 @@ class JobManifest(_Strict):
     def _distinct_files(cls, images: list[ImageEntry]) -> list[ImageEntry]:
         if len({image.file for image in images}) != len(images):
             raise ValueError("an image file is listed more than once")
+        stems = [PurePosixPath(image.file).stem for image in images]
+        if len(set(stems)) != len(stems):
+            raise ValueError("two images share a name before the extension, so their meshes would overwrite each other")
         return images
 
     @property

@@ -14,8 +14,9 @@ from typing import Iterable
 
 from filelock import FileLock
 
+from orfeas_pipelines.lib.export import MESH_FORMATS
 from orfeas_pipelines.lib.home import write_json_atomic
-from orfeas_pipelines.lib.intake.manifest import MESH_FORMATS, is_valid_id
+from orfeas_pipelines.lib.intake.manifest import is_valid_id
 from orfeas_pipelines.lib.intake.signing import new_secret
 
 REGISTRY_MODE = 0o600
@@ -39,14 +40,17 @@ class AgentPolicy:
     def __post_init__(self) -> None:
         if not is_valid_id(self.agent_id):
             raise RegistryError(
-                f"agent id {self.agent_id!r} is not allowed: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit"
+                f"agent id {self.agent_id!r} is not allowed: "
+                "use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit"
             )
         for name in ("rate_per_minute", "max_images", "max_resolution"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise RegistryError(f"agent {self.agent_id}: {name} must be a positive integer, not {value!r}")
         if not 16 <= self.max_resolution <= 1024:
-            raise RegistryError(f"agent {self.agent_id}: max_resolution must be within 16..1024, not {self.max_resolution}")
+            raise RegistryError(
+                f"agent {self.agent_id}: max_resolution must be within 16..1024, not {self.max_resolution}"
+            )
         formats = tuple(self.formats)
         unknown = [fmt for fmt in formats if fmt not in MESH_FORMATS]
         if not formats or unknown:
@@ -84,7 +88,8 @@ class AgentRegistry:
         except RegistryError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise RegistryError(f"{path}: not a valid agent registry (expected {{\"version\": 1, \"agents\": {{...}}}})") from None
+            expected = '{"version": 1, "agents": {...}}'
+            raise RegistryError(f"{path}: not a valid agent registry (expected {expected})") from None
         return cls(agents)
 
     def get(self, agent_id: str) -> AgentPolicy | None:
@@ -97,8 +102,8 @@ class AgentRegistry:
         return f"AgentRegistry(agents={sorted(self.agents)})"
 
     def save(self, path: Path) -> None:
-        payload = {"version": 1, "agents": {agent_id: policy.to_json() for agent_id, policy in sorted(self.agents.items())}}
-        write_json_atomic(Path(path), payload, mode=REGISTRY_MODE)
+        agents = {agent_id: policy.to_json() for agent_id, policy in sorted(self.agents.items())}
+        write_json_atomic(Path(path), {"version": 1, "agents": agents}, mode=REGISTRY_MODE)
 
 
 def create_agent(

@@ -77,7 +77,9 @@ def write_job(
     names = [path.name for path in paths]
     for name in names:
         if not is_valid_id(name):
-            raise SubmitError(f"image file name {name!r} is not allowed: use A-Z a-z 0-9 . _ - starting with a letter or digit")
+            raise SubmitError(
+                f"image file name {name!r} is not allowed: use A-Z a-z 0-9 . _ - starting with a letter or digit"
+            )
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise SubmitError(f"image file names must be distinct within a job: {', '.join(duplicates)} given twice")

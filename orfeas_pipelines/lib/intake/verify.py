@@ -82,7 +82,8 @@ def verify_job(
     `judged_at_epoch` is the time the job counts as arrived (now, or when it was first
     deferred). Pass `manifest` when the caller already parsed `raw`.
     """
-    manifest = manifest or parse_manifest(raw)
+    if manifest is None:
+        manifest = parse_manifest(raw)
     job_id, agent_id = manifest.job_id, manifest.agent_id
     if folder.name != job_id:
         raise IntakeError("bad_manifest", f"folder {folder.name!r} does not match job_id {job_id}", job_id, agent_id)
@@ -117,7 +118,8 @@ def _check_time_window(manifest: JobManifest, judged_at_epoch: float, window_sec
     if -age > window_seconds:
         raise IntakeError(
             "future",
-            f"created_at {manifest.created_at} is {timedelta(seconds=int(-age))} in the future, over the window of {window}",
+            f"created_at {manifest.created_at} is {timedelta(seconds=int(-age))} in the future, "
+            f"over the window of {window}",
             manifest.job_id,
             manifest.agent_id,
         )
@@ -133,7 +135,8 @@ def _check_permissions(manifest: JobManifest, policy: AgentPolicy) -> None:
     if manifest.params.resolution > policy.max_resolution:
         raise IntakeError(
             "resolution_not_allowed",
-            f"resolution {manifest.params.resolution} is over agent {policy.agent_id}'s limit of {policy.max_resolution}",
+            f"resolution {manifest.params.resolution} is over agent {policy.agent_id}'s limit "
+            f"of {policy.max_resolution}",
         )
     if len(manifest.images) > policy.max_images:
         raise IntakeError(
@@ -143,7 +146,12 @@ def _check_permissions(manifest: JobManifest, policy: AgentPolicy) -> None:
 
 
 def _check_images(folder: Path, images: list[ImageEntry], limits: ImageLimits) -> None:
-    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise IntakeError("image_missing", f"job folder cannot be read ({error.strerror})") from None
     try:
         for image in images:
             _check_image(folder_fd, image, limits)
@@ -155,7 +163,8 @@ def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits) -> None
     name = image.file
     if not is_valid_id(name) or name == MANIFEST_NAME:
         raise IntakeError(
-            "path_not_allowed", f"image {_quote(name)} is not a plain file name inside the job folder (A-Z a-z 0-9 . _ -)"
+            "path_not_allowed",
+            f"image {_quote(name)} is not a plain file name inside the job folder (A-Z a-z 0-9 . _ -)",
         )
     data = _read_image(folder_fd, name, limits.max_bytes)
     if hashlib.sha256(data).hexdigest() != image.sha256.lower():

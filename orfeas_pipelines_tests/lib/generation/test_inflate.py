@@ -44,8 +44,12 @@ def test_meshes_are_centred_with_largest_side_one(samples_at_64):
 
 
 HELD_OUT = {
-    "star6": lambda: shapes.star(size=(300, 220), centre=(160, 105), radius=100, points=6, inner_ratio=0.55, colours=((90, 200, 90), (20, 90, 40))),
-    "ring_offset": lambda: shapes.ring(size=(200, 260), centre=(95, 140), outer=90, inner=35, colours=((250, 120, 0), (120, 0, 200))),
+    "star6": lambda: shapes.star(
+        size=(300, 220), centre=(160, 105), radius=100, points=6, inner_ratio=0.55, colours=((90, 200, 90), (20, 90, 40))
+    ),
+    "ring_offset": lambda: shapes.ring(
+        size=(200, 260), centre=(95, 140), outer=90, inner=35, colours=((250, 120, 0), (120, 0, 200))
+    ),
     "wide_star": lambda: shapes.star(size=(320, 160), centre=(160, 80), radius=78, points=4, inner_ratio=0.7),
     "tilted_mushroom": lambda: shapes.mushroom(size=(260, 240), centre=(130, 125), scale=1.05, background=None),
 }
@@ -67,7 +71,8 @@ def test_ring_keeps_its_hole_and_a_disk_has_none():
 
 
 def test_thin_part_survives_at_default_resolution():
-    image = np.maximum(shapes.disk((256, 256), centre=(128, 170), radius=50), shapes.rectangle((256, 256), (126.5, 20, 130, 130)))
+    head = shapes.disk((256, 256), centre=(128, 170), radius=50)
+    image = np.maximum(head, shapes.rectangle((256, 256), (126.5, 20, 130, 130)))
     mesh = generate({"lollipop": image}, resolution=128)["lollipop"].mesh
     mask = shapes.mask_of(image)
     rows, cols = np.nonzero(mask)
@@ -143,6 +148,8 @@ def test_face_budget_is_respected():
     result = generate({"star": shapes.star(size=(128, 128), radius=55)}, face_budget=1500)["star"]
     assert len(result.mesh.faces) <= 1500
     assert mesh_problems(result.mesh) == []
+    impossible = generate({"star": shapes.star(size=(64, 64), radius=28)}, resolution=32, face_budget=4)["star"]
+    assert impossible.mesh is None and impossible.error.startswith("star: no mesh could be made")
 
 
 def test_batch_key_and_memory_estimate_follow_resolution():

@@ -145,7 +145,8 @@ def drop_bad_corpus(home: OrfeasHome, agent: AgentPolicy, now: datetime, outside
     extra_field["priority"] = "high"
     job("extra-field", "bad_manifest", {"a.png": good}, resign(extra_field, agent.secret))
     job("wrong-folder", "bad_manifest", {"a.png": good}, signed_manifest(agent, "other-id", {"a.png": good}, now))
-    job("string-resolution", "bad_manifest", {"a.png": good}, _with(agent, "string-resolution", good, now, params={"resolution": "128", "seed": 0}))
+    string_resolution = _with(agent, "string-resolution", good, now, params={"resolution": "128", "seed": 0})
+    job("string-resolution", "bad_manifest", {"a.png": good}, string_resolution)
     version_two = signed_manifest(agent, "version-two", {"a.png": good}, now)
     job("version-two", "unknown_version", {"a.png": good}, resign({**version_two, "version": 2}, agent.secret))
     job("ghost-agent", "unknown_agent", {"a.png": good}, _with(agent, "ghost-agent", good, now, agent_id="ghost"))
@@ -154,7 +155,8 @@ def drop_bad_corpus(home: OrfeasHome, agent: AgentPolicy, now: datetime, outside
     job("tampered", "bad_signature", {"a.png": good}, tampered)
     job("wrong-key", "bad_signature", {"a.png": good}, secret="0" * 64)
     job("stale", "stale", {"a.png": good}, signed_manifest(agent, "stale", {"a.png": good}, now - timedelta(hours=1)))
-    job("future", "future", {"a.png": good}, signed_manifest(agent, "future", {"a.png": good}, now + timedelta(hours=1)))
+    future = signed_manifest(agent, "future", {"a.png": good}, now + timedelta(hours=1))
+    job("future", "future", {"a.png": good}, future)
     job("glb-format", "format_not_allowed", {"a.png": good}, formats=("stl", "glb"))
     job("high-resolution", "resolution_not_allowed", {"a.png": good}, resolution=512)
     three = {"a.png": good, "b.png": good, "c.png": good}

@@ -74,7 +74,8 @@ def test_bad_drop_corpus_is_quarantined_byte_for_byte_beside_accepted_good_jobs(
 
     lines = read_audit(home.audit_log)
     assert sorted((line["entry"], line["decision"], line.get("code")) for line in lines) == sorted(
-        [(job_id, "accepted", None) for job_id in good] + [(entry, "rejected", code) for entry, code in expected.items()]
+        [(job_id, "accepted", None) for job_id in good]
+        + [(entry, "rejected", code) for entry, code in expected.items()]
     )
     assert read_status(home, "tampered")["reason"]["code"] == "bad_signature"
     assert read_status(home, "glb-format")["reason"]["code"] == "format_not_allowed"
@@ -197,7 +198,8 @@ def test_accepted_jobs_are_in_the_image_log_with_their_parameters(home):
         stored = ledger.accepted_job(job_id)
     assert stored == outcome.accepted[0]
     assert (stored.formats, stored.resolution, stored.seed) == (("stl", "ply"), 64, 5)
-    assert read_status(home, job_id)["images"] == [{"file": "chair.png", "state": "queued", "outputs": {}, "metrics": {}}]
+    images = read_status(home, job_id)["images"]
+    assert images == [{"file": "chair.png", "state": "queued", "outputs": {}, "metrics": {}}]
 
 
 def test_a_tick_that_dies_after_moving_jobs_is_recovered_by_the_next(home, monkeypatch):

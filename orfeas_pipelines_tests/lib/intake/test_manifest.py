@@ -105,6 +105,13 @@ def test_non_object_json_is_bad_manifest():
     assert code_of(b"[1, 2]") == "bad_manifest"
 
 
+def test_images_whose_meshes_would_share_a_name_are_bad_manifest():
+    clash = build_manifest("job-1", "agent-a", [("chair.png", "a" * 64), ("chair.jpg", "b" * 64)], SECRET, ["stl"], 128, 0, NOW)
+    with pytest.raises(IntakeError) as caught:
+        parse_manifest(raw(clash))
+    assert caught.value.code == "bad_manifest" and "overwrite" in caught.value.message
+
+
 def test_errors_name_the_job_and_agent_when_the_manifest_gave_them():
     with pytest.raises(IntakeError) as caught:
         parse_manifest(raw({**valid(), "extra": 1}))

@@ -12,7 +12,8 @@ def test_create_agent_writes_a_private_registry_that_loads_back(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     loaded = AgentRegistry.load(path).get("agent-a")
     assert loaded == policy
-    assert (loaded.rate_per_minute, loaded.max_images, loaded.formats, loaded.max_resolution) == (5, 3, ("stl", "glb"), 128)
+    limits = (loaded.rate_per_minute, loaded.max_images, loaded.formats, loaded.max_resolution)
+    assert limits == (5, 3, ("stl", "glb"), 128)
     assert len(policy.secret) == 64
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from orfeas_pipelines.lib.export import MESH_FORMATS
 from orfeas_pipelines.lib.intake.manifest import parse_manifest
 from orfeas_pipelines.lib.intake.signing import canonical_json, new_secret, sign, signature_matches
 from orfeas_pipelines.lib.intake.submit import build_manifest
@@ -46,7 +47,7 @@ manifests = st.fixed_dictionaries(
         "job_id": ids,
         "agent_id": ids,
         "files": st.lists(ids, min_size=1, max_size=4, unique=True),
-        "formats": st.lists(st.sampled_from(["stl", "glb", "obj", "ply"]), min_size=1, max_size=4, unique=True),
+        "formats": st.lists(st.sampled_from(MESH_FORMATS), min_size=1, max_size=4, unique=True),
         "resolution": st.integers(16, 1024),
         "seed": st.integers(0, 2**63 - 1),
         "nonce": st.from_regex(r"[\x21-\x7e]{1,40}", fullmatch=True),
@@ -57,7 +58,8 @@ manifests = st.fixed_dictionaries(
 def _build(fields: dict) -> dict:
     images = [(file, hashlib.sha256(file.encode()).hexdigest()) for file in fields["files"]]
     return build_manifest(
-        fields["job_id"], fields["agent_id"], images, SECRET, fields["formats"], fields["resolution"], fields["seed"], NOW, fields["nonce"]
+        fields["job_id"], fields["agent_id"], images, SECRET,
+        fields["formats"], fields["resolution"], fields["seed"], NOW, fields["nonce"],
     )
 
 
@@ -69,6 +71,10 @@ def test_sign_then_parse_then_verify_round_trips(fields):
     assert signature_matches(parsed.signed_fields(), parsed.signature, SECRET)
 
 
+def _other_hex(digest: str) -> str:
+    return "f" * 64 if digest != "f" * 64 else "e" * 64
+
+
 @settings(max_examples=60, deadline=None)
 @given(manifests, st.sampled_from(["job_id", "agent_id", "created_at", "nonce", "images", "output", "params"]))
 def test_any_single_field_change_breaks_the_signature(fields, field):
@@ -78,8 +84,8 @@ def test_any_single_field_change_breaks_the_signature(fields, field):
         "agent_id": lambda value: value + "x",
         "created_at": lambda value: "2026-11-23T17:00:01Z",
         "nonce": lambda value: value[:-1] + ("a" if value[-1] != "a" else "b"),
-        "images": lambda value: [{**value[0], "sha256": "f" * 64 if value[0]["sha256"] != "f" * 64 else "e" * 64}] + value[1:],
-        "output": lambda value: {"formats": [fmt for fmt in ["stl", "glb", "obj", "ply"] if fmt not in value["formats"]] or ["stl"]},
+        "images": lambda value: [{**value[0], "sha256": _other_hex(value[0]["sha256"])}] + value[1:],
+        "output": lambda value: {"formats": [fmt for fmt in MESH_FORMATS if fmt not in value["formats"]] or ["stl"]},
         "params": lambda value: {**value, "seed": value["seed"] + 1 if value["seed"] < 2**63 - 1 else 0},
     }[field](manifest[field])
     tampered = {**manifest, field: changed}
