@@ -12,12 +12,12 @@ from orfeas_pipelines.resources.home import OrfeasHomeResource
 from orfeas_pipelines.resources.inference import MeshGeneratorResource
 from orfeas_pipelines.schedules.nightly import nightly_drain_and_verify
 from orfeas_pipelines.sensors.intake import IntakeSettings, inbox_sensor
-from orfeas_pipelines.sensors.outbox import mesh_run_failed, mesh_run_succeeded
+from orfeas_pipelines.sensors.outbox import mesh_run_canceled, mesh_run_failed, mesh_run_succeeded
 
 defs = dg.Definitions(
     assets=[source_image, generated_mesh, mesh_files],
     jobs=[mesh_job],
-    sensors=[inbox_sensor, mesh_run_failed, mesh_run_succeeded],
+    sensors=[inbox_sensor, mesh_run_failed, mesh_run_succeeded, mesh_run_canceled],
     schedules=[nightly_drain_and_verify],
     resources={
         "orfeas_home": OrfeasHomeResource(root=dg.EnvVar("ORFEAS_HOME").get_value("") or ""),

@@ -40,7 +40,7 @@ def test_blocking_and_validity_checks_are_on_the_mesh_asset():
 
 def test_sensors_and_schedule_are_registered_and_running_by_default():
     sensors = {sensor.name: sensor for sensor in defs.sensors}
-    assert set(sensors) == {"inbox_sensor", "mesh_run_failed", "mesh_run_succeeded"}
+    assert set(sensors) == {"inbox_sensor", "mesh_run_failed", "mesh_run_succeeded", "mesh_run_canceled"}
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in sensors.values())
     [schedule] = defs.schedules
     assert schedule.cron_schedule == "0 2 * * *"

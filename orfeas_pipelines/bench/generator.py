@@ -23,7 +23,7 @@ def bench_generator(
     images: int = 8,
     device: str = "auto",
     model_path: str | None = None,
-    rounds: int = 1,
+    rounds: int = 3,
     **backend_options: Any,
 ) -> list[dict[str, Any]]:
     """One row per resolution: batch size, seconds per image both ways, ratio, and whether

@@ -43,3 +43,11 @@ def mesh_run_failed(context: dg.RunFailureSensorContext, orfeas_home: OrfeasHome
 def mesh_run_succeeded(context: dg.RunStatusSensorContext, orfeas_home: OrfeasHomeResource) -> None:
     """A successful run that skipped an image (e.g. a blocked check) still settles it."""
     settle_run(orfeas_home, context.instance, context.dagster_run, "run ended without delivering this image")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED, monitored_jobs=[mesh_job], default_status=dg.DefaultSensorStatus.RUNNING
+)
+def mesh_run_canceled(context: dg.RunStatusSensorContext, orfeas_home: OrfeasHomeResource) -> None:
+    """A canceled run fails the images it did not deliver; the nightly drain retries them."""
+    settle_run(orfeas_home, context.instance, context.dagster_run, f"run {context.dagster_run.run_id} was canceled")

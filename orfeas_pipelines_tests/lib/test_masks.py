@@ -80,3 +80,14 @@ def test_ensure_alpha_keeps_a_meaningful_alpha_and_adds_one_otherwise():
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="RGBA uint8"):
         foreground_mask(np.zeros((10, 10, 3), dtype=np.uint8))
+
+
+def test_large_batches_are_segmented_in_chunks_with_the_same_result(monkeypatch):
+    import orfeas_pipelines.lib.masks as masks
+
+    images = [shapes.star(size=(64, 64), radius=28), shapes.ring(size=(64, 64), outer=30, inner=12)] * 3
+    batch = torch.stack([torch.tensor(image).permute(2, 0, 1).float() / 255 for image in images])
+    whole = foreground_masks(batch)
+    monkeypatch.setattr(masks, "CHUNK_PIXELS", 2 * 64 * 64)
+    assert torch.equal(foreground_masks(batch), whole)
+    assert torch.equal(whole[0], whole[2]) and not torch.equal(whole[0], whole[1])

@@ -54,6 +54,8 @@ class InflateGenerator:
 
         if face_budget is not None and face_budget < 4:
             raise ValueError(f"face_budget must be at least 4, got {face_budget}")
+        if dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"inflate computes in float32 or float64, not {dtype}")
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
         self.face_budget = face_budget
@@ -95,7 +97,7 @@ class InflateGenerator:
             masks = foreground_masks(rgba, torch.stack(valid))
             half_thickness = _half_thickness(masks, self.dtype)
             weight = masks.to(self.dtype)[:, None]
-            colour = rgba[:, :3] / rgba[:, 3:].clamp(min=1e-6) * weight
+            colour = _edge_safe_colours(rgba[:, :3] / rgba[:, 3:].clamp(min=1e-6), masks) * weight
             colour_planes = torch.cat([colour, weight], dim=1).cpu().numpy()
         height_maps = half_thickness.cpu().numpy()
         mask_maps = masks.cpu().numpy()
@@ -181,6 +183,20 @@ def _onto_grid(image: np.ndarray, resolution: int, device: torch.device, dtype: 
     valid = torch.zeros((resolution, resolution), dtype=torch.bool, device=device)
     valid[top : top + new_height, left : left + new_width] = True
     return plane[0], valid
+
+
+def _edge_safe_colours(rgb: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Colours (B, 3, R, R) where each pixel on the object's outline takes the mean colour of
+    its inner neighbours, so the silhouette is not tinted by background blended into it."""
+    import torch
+    import torch.nn.functional as F
+
+    outside = (~masks).to(rgb.dtype)[:, None]
+    interior = (F.max_pool2d(outside, 3, stride=1, padding=1) == 0).to(rgb.dtype)
+    inner_weight = F.avg_pool2d(interior, 3, stride=1, padding=1)
+    inner_colour = F.avg_pool2d(rgb * interior, 3, stride=1, padding=1) / inner_weight.clamp(min=1e-6)
+    outline = masks[:, None] & (interior == 0) & (inner_weight > 0)
+    return torch.where(outline, inner_colour, rgb)
 
 
 def _half_thickness(masks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -160,3 +160,18 @@ def test_batch_key_and_memory_estimate_follow_resolution():
     assert generator.item_memory_bytes(large) > 8 * generator.item_memory_bytes(small)
     with pytest.raises(ValueError, match="face_budget"):
         InflateGenerator(CPU, face_budget=0)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        InflateGenerator(CPU, dtype=torch.float16)
+
+
+def test_float64_gives_the_same_surface():
+    image = shapes.star(size=(100, 100), radius=40)
+    single = generate({"s": image})["s"].mesh
+    double = generate({"s": image}, dtype=torch.float64)["s"].mesh
+    assert chamfer_distance(single, double) < 1e-3
+
+
+def test_background_does_not_tint_the_silhouette_of_a_keyed_image():
+    image = shapes.vase(size=(128, 128), height=110, colours=((200, 40, 40), (200, 40, 40)), background=(40, 200, 40))
+    colours = generate({"vase": image})["vase"].mesh.visual.vertex_colors[:, :3].astype(int)
+    assert (colours[:, 1] > 100).mean() < 0.005
