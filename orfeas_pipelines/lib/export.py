@@ -7,14 +7,14 @@ sees half a file.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import trimesh
 from PIL import Image, ImageDraw
+
+from orfeas_pipelines.lib.home import write_bytes_atomic
 
 MESH_FORMATS = ("stl", "glb", "obj", "ply")
 
@@ -41,7 +41,7 @@ def export_mesh(mesh: trimesh.Trimesh, out_dir: Path, stem: str, formats: Iterab
     for fmt in formats:
         data = mesh.export(file_type=fmt)
         path = out_dir / f"{stem}.{fmt}"
-        _write_atomically(path, data.encode() if isinstance(data, str) else data)
+        write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
         written[fmt] = path
     return written
 
@@ -76,7 +76,7 @@ def render_preview(mesh: trimesh.Trimesh, path: Path, size: int = 256) -> Path:
     image.save(buffer, format="PNG")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
@@ -86,14 +86,3 @@ def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
     if mesh.visual.kind == "face":
         return mesh.visual.face_colors[:, :3].astype(float)
     return np.broadcast_to(_PLAIN_COLOUR, (len(mesh.faces), 3))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

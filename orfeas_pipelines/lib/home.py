@@ -68,17 +68,21 @@ class OrfeasHome:
         return self
 
 
-def write_json_atomic(path: Path, payload: Any, mode: int | None = None) -> None:
-    """Write JSON through a temp file in the same folder and rename, so readers never see half."""
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write through a temp file in the same folder and rename, so readers never see half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: Any, mode: int | None = None) -> None:
+    """Pretty, key-sorted JSON written atomically."""
+    write_bytes_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode)

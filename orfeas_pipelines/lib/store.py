@@ -7,11 +7,10 @@ export step and the nightly re-verification read the same truth the mesh step wr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orfeas_pipelines.lib.home import OrfeasHome, write_json_atomic
+from orfeas_pipelines.lib.home import OrfeasHome, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     import trimesh
@@ -37,9 +36,7 @@ def save_generated(
     if mesh is None:
         target.unlink(missing_ok=True)
     else:
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_bytes(mesh.export(file_type="ply"))
-        os.replace(temporary, target)
+        write_bytes_atomic(target, mesh.export(file_type="ply"))
     write_json_atomic(record_path(home, partition_key), {"partition_key": partition_key, **record})
 
 
