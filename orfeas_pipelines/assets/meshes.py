@@ -141,7 +141,7 @@ def generated_mesh(
             partition_key=key,
         )
 
-    sample = _evenly_spaced([r for r in requests if r.key in results], config.sequential_sample_size)
+    sample = _evenly_spaced(requests, config.sequential_sample_size)
     sequential = dict(zip((r.key for r in sample), mesh_generator.generate(sample, batch_size=1)))
     agreement = compare_batch_to_sequential(
         {key: results[key].mesh for key in sequential},
