@@ -65,7 +65,10 @@ def source_image(context: dg.AssetExecutionContext, orfeas_home: OrfeasHomeResou
 
     home = orfeas_home.home
     for job_id in sorted({job_id_of(key) for key in context.partition_keys}):
-        outbox.mark_running(home, job_id, context.run.run_id)
+        try:
+            outbox.mark_running(home, job_id, context.run.run_id)
+        except LookupError as error:
+            context.log.warning(f"{job_id}: not an accepted job, nothing to report to ({error})")
     unreadable = []
     for key in context.partition_keys:
         path = home.jobs / key
@@ -200,8 +203,7 @@ def mesh_files(context: dg.AssetExecutionContext, orfeas_home: OrfeasHomeResourc
         mesh = store.load_mesh(home, key) if not record.get("error") else None
         if mesh is None:
             error = record.get("error") or "no generated mesh found"
-            outbox.record_image(home, job_id, file, "failed", error=error)
-            context.add_asset_metadata({"state": "failed", "error": error}, partition_key=key)
+            _report_image(context, home, key, "failed", error=error)
             continue
         folder = home.outbox / job_id
         stem = Path(file).stem
@@ -210,18 +212,26 @@ def mesh_files(context: dg.AssetExecutionContext, orfeas_home: OrfeasHomeResourc
             render_preview(mesh, folder / f"{stem}.png")
         except Exception as error:  # noqa: BLE001 - one image's export failure fails only it
             message = f"{file}: export failed ({error})"
-            outbox.record_image(home, job_id, file, "failed", error=message)
-            context.add_asset_metadata({"state": "failed", "error": message}, partition_key=key)
+            _report_image(context, home, key, "failed", error=message)
             continue
         outputs = {fmt: path.name for fmt, path in files.items()}
         metrics = {name: record[name] for name in ("vertices", "faces", "watertight") if name in record}
-        outbox.record_image(home, job_id, file, "succeeded", outputs=outputs, metrics=metrics)
-        context.add_asset_metadata(
-            {"state": "succeeded", "files": dg.MetadataValue.json(outputs), "folder": dg.MetadataValue.path(str(folder))},
-            partition_key=key,
-        )
+        _report_image(context, home, key, "succeeded", outputs=outputs, metrics=metrics)
+        context.add_asset_metadata({"folder": dg.MetadataValue.path(str(folder))}, partition_key=key)
         delivered += 1
     context.add_asset_metadata({"delivered": delivered, "images": len(context.partition_keys)})
+
+
+def _report_image(context: dg.AssetExecutionContext, home: OrfeasHome, key: str, state: str, **fields) -> None:
+    """Record an image's final state in its job's status.json and in the partition's metadata."""
+    try:
+        outbox.record_image(home, job_id_of(key), file_of(key), state, **fields)
+    except LookupError as error:
+        context.log.warning(f"{key}: no job status to update ({error})")
+    metadata = {"state": state, **({"error": fields["error"]} if "error" in fields else {})}
+    if "outputs" in fields:
+        metadata["files"] = dg.MetadataValue.json(fields["outputs"])
+    context.add_asset_metadata(metadata, partition_key=key)
 
 
 def _requests_for(home: OrfeasHome, keys: list[str]):

@@ -180,3 +180,16 @@ def test_hunyuan3d_backend_selected_by_config_runs_the_same_assets(
     assert "| 3 |" in mesh_event.materialization.metadata["batches"].value
     delivered = [outbox.read_status(home, job_id)["state"] for job_id in job_ids]
     assert delivered == ["succeeded"] * 3, delivered
+
+
+def test_a_partition_without_an_accepted_job_fails_only_itself(home, agent, instance, image_files):
+    [job_id] = submit_images(home, agent, image_files[:1])
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    instance.add_dynamic_partitions("images", ["ghost-job/missing.png"])
+
+    result = run_range(instance, [*keys, "ghost-job/missing.png"])
+
+    assert result.success
+    assert outbox.read_status(home, job_id)["state"] == "succeeded"
+    ghost = latest_metadata(instance, "mesh_files", "ghost-job/missing.png")
+    assert ghost["state"].value == "failed" and "ghost-job" in ghost["error"].value
