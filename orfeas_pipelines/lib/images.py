@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +23,36 @@ class ImageError(ValueError):
         self.code = code
 
 
+def verify_image(
+    data: bytes,
+    name: str,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    formats: tuple[str, ...] | None = None,
+) -> tuple[int, int]:
+    """Fully decode `data` without converting it; returns (width, height).
+
+    The header is checked against `max_pixels` before any pixel is decoded, so a small file
+    that claims a huge canvas (a decompression bomb) is refused cheaply. `formats` limits
+    which Pillow decoders may look at the bytes.
+    """
+    with _decoded(data, name, max_pixels, max_bytes, formats) as image:
+        return image.size
+
+
 def decode_image(
     data: bytes,
     name: str,
     max_pixels: int = MAX_IMAGE_PIXELS,
     max_bytes: int = MAX_IMAGE_BYTES,
 ) -> np.ndarray:
-    """Fully decode `data` to RGBA uint8 (H, W, 4).
+    """Fully decode `data` to RGBA uint8 (H, W, 4), with the checks of `verify_image`."""
+    with _decoded(data, name, max_pixels, max_bytes, None) as image:
+        return np.asarray(image.convert("RGBA"), dtype=np.uint8)
 
-    The header is checked against `max_pixels` before any pixel is decoded, so a small file
-    that claims a huge canvas (a decompression bomb) is refused cheaply.
-    """
+
+@contextmanager
+def _decoded(data: bytes, name: str, max_pixels: int, max_bytes: int, formats: tuple[str, ...] | None):
     from PIL import Image, UnidentifiedImageError
 
     if len(data) == 0:
@@ -42,23 +62,22 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=formats) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageError(
                         name, f"image is {width}x{height} pixels, over the limit of {max_pixels}", "too_large"
                     )
+                if width == 0 or height == 0:
+                    raise ImageError(name, "image has no pixels")
                 image.load()
-                rgba = image.convert("RGBA")
+                yield image
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(name, f"image is too large to decode safely ({error})", "too_large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(name, f"not a decodable image ({_first_line(error)})") from None
-    if width == 0 or height == 0:
-        raise ImageError(name, "image has no pixels")
-    return np.asarray(rgba, dtype=np.uint8)
 
 
 def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:

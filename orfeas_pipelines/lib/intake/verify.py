@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from orfeas_pipelines.lib.images import ImageError, decode_image
+from orfeas_pipelines.lib.images import ImageError, verify_image
 from orfeas_pipelines.lib.intake.ledger import IntakeLedger
 from orfeas_pipelines.lib.intake.manifest import (
     MAX_MANIFEST_BYTES,
@@ -37,6 +37,8 @@ from orfeas_pipelines.lib.intake.signing import signature_matches
 MANIFEST_NAME = "job.json"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+"""The only Pillow decoders an agent's bytes reach (checked by magic bytes first, for a clear error)."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits) -> None
     if not _is_accepted_image_format(data):
         raise IntakeError("not_an_image", f"image {name}: not a PNG, JPEG or WebP file")
     try:
-        decode_image(data, name, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes)
+        verify_image(data, name, limits.max_pixels, limits.max_bytes, ACCEPTED_IMAGE_FORMATS)
     except ImageError as error:
         raise IntakeError(error.code, f"image {error}") from None
 
