@@ -132,8 +132,8 @@ def generated_mesh(
         mesh = result.mesh if result is not None and error is None else None
         record = {"generator": generator.name, "generator_version": generator.version, "error": error}
         if mesh is not None:
-            record.update(mesh_summary(mesh), metrics=result.metrics)
             problems = mesh_problems(mesh)
+            record.update(mesh_summary(mesh), metrics=result.metrics, valid=not problems, problems=problems)
             if problems:
                 invalid[key] = "; ".join(problems)
         else:
@@ -215,7 +215,7 @@ def mesh_files(context: dg.AssetExecutionContext, orfeas_home: OrfeasHomeResourc
             _report_image(context, home, key, "failed", error=message)
             continue
         outputs = {fmt: path.name for fmt, path in files.items()}
-        metrics = {name: record[name] for name in ("vertices", "faces", "watertight") if name in record}
+        metrics = {name: record[name] for name in ("vertices", "faces", "watertight", "valid") if name in record}
         _report_image(context, home, key, "succeeded", outputs=outputs, metrics=metrics)
         context.add_asset_metadata({"folder": dg.MetadataValue.path(str(folder))}, partition_key=key)
         delivered += 1

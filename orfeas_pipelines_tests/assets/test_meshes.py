@@ -77,6 +77,7 @@ def test_one_range_run_materializes_every_partition_and_delivers(home, agent, in
         assert status["run_ids"] == [result.run_id]
         for image in status["images"]:
             assert set(image["outputs"]) == {"stl", "ply"}
+            assert image["metrics"]["valid"] is True and image["metrics"]["faces"] > 0
             mesh = trimesh.load(home.outbox / job_id / image["outputs"]["stl"], force="mesh")
             assert mesh.is_watertight and len(mesh.faces) > 0
             assert (home.outbox / job_id / f"{Path(image['file']).stem}.png").exists()
