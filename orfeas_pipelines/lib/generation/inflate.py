@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from orfeas_pipelines.lib.generation.base import GenerationRequest, GenerationResult, register_generator
+from orfeas_pipelines.lib.images import has_meaningful_alpha
 from orfeas_pipelines.lib.masks import foreground_masks
 from orfeas_pipelines.lib.meshes import clean_mesh, normalise_to_frame
 
@@ -41,6 +42,11 @@ GRID_MARGIN = 2
 """Empty voxels kept around the object so marching cubes always closes the surface."""
 
 _FAR = 1.0e12
+EDGE_MIN = 0.1
+"""The edge is placed at least this far (in pixels) from an inside or outside pixel centre."""
+THICK_HEIGHT = 1.0
+"""Below this half-thickness a part is thin: its edge never moves inside the hard mask's, so
+thin limbs do not break into pieces at low resolutions."""
 
 
 class InflateGenerator:
@@ -81,7 +87,7 @@ class InflateGenerator:
             return [GenerationResult(key=request.key, error=f"{request.key}: {reason}") for request in requests]
 
         errors: dict[int, str] = {}
-        planes, valid = [], []
+        planes, valid, alpha_items = [], [], []
         for index, request in enumerate(requests):
             problem = _image_problem(request.image)
             if problem:
@@ -92,10 +98,11 @@ class InflateGenerator:
             plane, inside = _onto_grid(request_image, resolution, self.device, self.dtype)
             planes.append(plane)
             valid.append(inside)
+            alpha_items.append(has_meaningful_alpha(request_image))
         with torch.no_grad(), _single_threaded_on_cpu(self.device):
             rgba = torch.stack(planes)
             masks = foreground_masks(rgba, torch.stack(valid))
-            half_thickness = _half_thickness(masks, self.dtype)
+            half_thickness = _half_thickness(masks, self.dtype, _coverage(rgba, masks, alpha_items))
             weight = masks.to(self.dtype)[:, None]
             colour = _edge_safe_colours(rgba[:, :3] / rgba[:, 3:].clamp(min=1e-6), masks) * weight
             colour_planes = torch.cat([colour, weight], dim=1).cpu().numpy()
@@ -199,16 +206,26 @@ def _edge_safe_colours(rgb: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.where(outline, inner_colour, rgb)
 
 
-def _half_thickness(masks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _coverage(rgba: torch.Tensor, masks: torch.Tensor, alpha_items: list[bool]) -> torch.Tensor:
+    """How much of each grid pixel the object covers (B, R, R): the resized alpha where the
+    image has a meaningful one (antialiased edges give sub-pixel positions), else the mask."""
+    import torch
+
+    has_alpha = torch.tensor(alpha_items, device=masks.device)[:, None, None]
+    return torch.where(has_alpha, rgba[:, 3], masks.to(rgba.dtype))
+
+
+def _half_thickness(masks: torch.Tensor, dtype: torch.dtype, coverage: torch.Tensor) -> torch.Tensor:
     """Half-thickness (B, R, R) of the union of medial balls over the mask; negative outside.
 
-    A medial ball reaches halfway to the nearest background pixel (r = d - 1/2), where the
-    silhouette's edge lies. Outside, each pixel next to the object takes minus the largest
-    height among its four neighbours, so the surface crosses z = 0 halfway between them
-    whether the wall there is steep (a big round body) or low (a thin part).
+    A medial ball reaches halfway to the nearest background pixel (r = d - 1/2). Outside,
+    each pixel next to the object takes a negative value chosen so that linear interpolation
+    from its inside neighbours crosses zero where the edge lies: for a straight edge between
+    an inside pixel i and an outside pixel o, at c_i + c_o - 1/2 pixels from i, where c is
+    the pixel's coverage (1/2 for a hard mask, where the two pixels meet). Thin parts keep
+    at least the hard mask's 1/2.
     """
     import torch
-    import torch.nn.functional as F
 
     far = torch.tensor(_FAR, dtype=dtype, device=masks.device)
     zero = torch.zeros((), dtype=dtype, device=masks.device)
@@ -217,11 +234,20 @@ def _half_thickness(masks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     reach = math.ceil(float(radius.max())) if bool(masks.any()) else 0
     height_squared = -_min_plus_parabola_2d(torch.where(masks, -radius * radius, far), reach)
     height = torch.where(masks, torch.sqrt(height_squared.clamp(min=0.0)), zero)
-    padded = F.pad(height, (1, 1, 1, 1))
-    neighbours = torch.stack(
-        [padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]]
-    ).amax(dim=0)
-    return torch.where(masks, height, -neighbours.clamp(min=0.5))
+    heights, coverages = _four_neighbours(height), _four_neighbours(coverage.to(dtype))
+    nearest = torch.where(heights >= THICK_HEIGHT, EDGE_MIN, 0.5)
+    edge = torch.maximum(coverages + coverage.to(dtype)[None] - 0.5, nearest).clamp(max=1.0 - EDGE_MIN)
+    depth_outside = (heights * (1.0 - edge) / edge).amax(dim=0)
+    return torch.where(masks, height, -torch.where(depth_outside > 0, depth_outside, torch.full_like(height, 0.5)))
+
+
+def _four_neighbours(plane: torch.Tensor) -> torch.Tensor:
+    """(4, B, R, R): each pixel's up, down, left and right neighbour (zero past the border)."""
+    import torch
+    import torch.nn.functional as F
+
+    padded = F.pad(plane, (1, 1, 1, 1))
+    return torch.stack([padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]])
 
 
 def _min_plus_parabola_2d(values: torch.Tensor, reach: int | None = None) -> torch.Tensor:
