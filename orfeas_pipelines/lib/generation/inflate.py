@@ -42,11 +42,12 @@ GRID_MARGIN = 2
 """Empty voxels kept around the object so marching cubes always closes the surface."""
 
 _FAR = 1.0e12
-EDGE_MIN = 0.1
+EDGE_MIN = 0.2
 """The edge is placed at least this far (in pixels) from an inside or outside pixel centre."""
-THICK_HEIGHT = 1.0
-"""Below this half-thickness a part is thin: its edge never moves inside the hard mask's, so
-thin limbs do not break into pieces at low resolutions."""
+THICK_RADIUS = 1.5
+"""A part is thick where a ball of at least this radius (pixels) fits within one pixel of the
+edge; elsewhere (limbs one or two pixels wide) the edge never moves inside the hard mask's,
+so thin parts do not break into pieces at low resolutions."""
 
 
 class InflateGenerator:
@@ -226,6 +227,7 @@ def _half_thickness(masks: torch.Tensor, dtype: torch.dtype, coverage: torch.Ten
     at least the hard mask's 1/2.
     """
     import torch
+    import torch.nn.functional as F
 
     far = torch.tensor(_FAR, dtype=dtype, device=masks.device)
     zero = torch.zeros((), dtype=dtype, device=masks.device)
@@ -235,7 +237,8 @@ def _half_thickness(masks: torch.Tensor, dtype: torch.dtype, coverage: torch.Ten
     height_squared = -_min_plus_parabola_2d(torch.where(masks, -radius * radius, far), reach)
     height = torch.where(masks, torch.sqrt(height_squared.clamp(min=0.0)), zero)
     heights, coverages = _four_neighbours(height), _four_neighbours(coverage.to(dtype))
-    nearest = torch.where(heights >= THICK_HEIGHT, EDGE_MIN, 0.5)
+    local_radius = F.max_pool2d(radius[:, None], 3, stride=1, padding=1)[:, 0]
+    nearest = torch.where(_four_neighbours(local_radius) >= THICK_RADIUS, EDGE_MIN, 0.5)
     edge = torch.maximum(coverages + coverage.to(dtype)[None] - 0.5, nearest).clamp(max=1.0 - EDGE_MIN)
     depth_outside = (heights * (1.0 - edge) / edge).amax(dim=0)
     return torch.where(masks, height, -torch.where(depth_outside > 0, depth_outside, torch.full_like(height, 0.5)))
