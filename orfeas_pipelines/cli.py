@@ -212,6 +212,8 @@ def _process(args: argparse.Namespace) -> int:
         print(f"{job_id}\t{state}")
     if not states:
         print(report.skip_reason or "nothing to do")
+    for run_id in report.failed_runs:
+        print(f"orfeas process: run {run_id} failed; see `dagster dev` or the run's logs", file=sys.stderr)
     unfinished = [job_id for job_id, state in states.items() if state not in ("succeeded", "failed", "rejected")]
     if unfinished:
         print(f"orfeas process: jobs not finished: {', '.join(unfinished)}", file=sys.stderr)

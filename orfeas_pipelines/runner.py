@@ -71,9 +71,8 @@ def process_once(home: OrfeasHome, now: datetime | None = None) -> ProcessReport
             report.job_ids.extend(sorted({job_id_of(key) for key in run_partition_keys(instance, run)}))
             if not outcome.success:
                 report.failed_runs.append(outcome.run_id)
-                settle_run(orfeas_home, instance, run, f"run {outcome.run_id} failed")
-            else:
-                settle_run(orfeas_home, instance, run, "run ended without delivering this image")
+            reason = "run ended without delivering this image" if outcome.success else f"run {outcome.run_id} failed"
+            settle_run(orfeas_home, instance, run, reason)
         if result.run_requests:
             record_registered_seq(instance, int(result.cursor))
     return report

@@ -86,3 +86,21 @@ def test_status_of_a_rejected_job_exits_1(home, image_files, capsys):
     capsys.readouterr()
     assert main(["status", job_id, "--home", str(home.root)]) == 1
     assert json.loads(capsys.readouterr().out)["state"] == "rejected"
+
+
+def test_process_reports_a_failed_run_and_fails_its_images(home, agent, image_files, capsys, monkeypatch):
+    from orfeas_pipelines.lib.generation.inflate import InflateGenerator
+    from orfeas_pipelines_tests.conftest import submit_images
+
+    def broken(self, requests):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(InflateGenerator, "generate", broken)
+    [job_id] = submit_images(home, agent, image_files[:1])
+
+    assert main(["process", "--home", str(home.root)]) == 0, "a failed job is still a terminal one"
+    captured = capsys.readouterr()
+    assert f"{job_id}\tfailed" in captured.out
+    assert "run " in captured.err and " failed" in captured.err
+    [image] = json.loads((home.outbox / job_id / "status.json").read_text())["images"]
+    assert image["state"] == "failed" and image["error"].startswith("run ")
