@@ -29,15 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="turn images into meshes directly, without Dagster")
-    generate.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    _image_options(generate)
     generate.add_argument("--out", required=True, type=Path)
-    generate.add_argument("--format", default="stl", type=_formats, help="comma list of stl,glb,obj,ply")
     generate.add_argument("--backend", default="inflate", choices=["inflate", "hunyuan3d"])
     generate.add_argument("--model-path", help="Hunyuan3D-2 model root (local folder)")
     generate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     generate.add_argument("--batch-size", default="auto", type=_batch_size, help="N or auto")
-    generate.add_argument("--resolution", default=128, type=int)
-    generate.add_argument("--seed", default=0, type=int)
     generate.set_defaults(handler=_generate)
 
     demo = commands.add_parser("demo", help="sign and drop the sample images, process them, print a summary")
@@ -55,15 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     create_key.set_defaults(handler=_create_key)
 
     submit = commands.add_parser("submit", help="write a signed job into inbox/")
-    submit.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    _image_options(submit)
     submit.add_argument("--agent", required=True)
     key = submit.add_mutually_exclusive_group(required=True)
     key.add_argument("--key")
     key.add_argument("--key-file", type=Path)
     _home_option(submit)
-    submit.add_argument("--format", default="stl", type=_formats)
-    submit.add_argument("--resolution", default=128, type=int)
-    submit.add_argument("--seed", default=0, type=int)
     submit.set_defaults(handler=_submit)
 
     process = commands.add_parser("process", help="one intake tick and the batched runs it requests")
@@ -92,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     bench_runs.add_argument("--resolution", default=64, type=int)
     bench_runs.set_defaults(handler=_bench_runs)
     return parser
+
+
+def _image_options(parser: argparse.ArgumentParser) -> None:
+    """What `generate` and `submit` both take: the images and how to turn them into meshes."""
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("--format", default="stl", type=_formats, help="comma list of stl,glb,obj,ply")
+    parser.add_argument("--resolution", default=128, type=int)
+    parser.add_argument("--seed", default=0, type=int)
 
 
 def _home_option(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ defs = dg.Definitions(
     # saves two interpreter starts (and two model loads) per run.
     executor=dg.in_process_executor,
     resources={
-        "orfeas_home": OrfeasHomeResource(root=dg.EnvVar("ORFEAS_HOME").get_value("") or ""),
+        "orfeas_home": OrfeasHomeResource(),
         "mesh_generator": MeshGeneratorResource(
             backend=dg.EnvVar("ORFEAS_BACKEND").get_value("inflate") or "inflate",
             device=dg.EnvVar("ORFEAS_DEVICE").get_value("auto") or "auto",
