@@ -178,6 +178,41 @@ def disk(
     return _finish(image)
 
 
+def random_shape(
+    seed: int,
+    size: tuple[int, int] = (240, 240),
+    min_width: float = 16.0,
+    background: Colour | None = None,
+) -> np.ndarray:
+    """A seeded union of 2-4 random ellipses, polygons and thick strokes in one colour,
+    often in several separate parts: held-out shapes nobody tuned the generator on.
+
+    Every part is at least `min_width` pixels across (narrower ones are a resolution limit,
+    not a shape), polygons are star-convex around their centre so they have no slivers.
+    """
+    rng = np.random.default_rng(seed)
+    width, height = size
+    image, draw = _canvas(width, height, background)
+    fill = (*(int(value) for value in rng.integers(30, 230, 3)), 255)
+    for _part in range(int(rng.integers(2, 5))):
+        cx, cy = rng.uniform(0.25, 0.75) * width, rng.uniform(0.25, 0.75) * height
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            rx, ry = rng.uniform(min_width / 2, 0.3 * width, size=2)
+            draw.ellipse(_box(cx, cy, rx, ry), fill=fill)
+        elif kind == 1:
+            radius = rng.uniform(max(min_width, 0.1 * width), 0.3 * width)
+            angles = np.sort(rng.uniform(0, 2 * math.pi, int(rng.integers(5, 9))))
+            radii = radius * rng.uniform(0.75, 1.0, len(angles))
+            draw.polygon(_scaled([(cx + r * math.cos(a), cy + r * math.sin(a)) for a, r in zip(angles, radii)]), fill=fill)
+        else:
+            angle, length = rng.uniform(0, math.pi), rng.uniform(0.15, 0.4) * width
+            dx, dy = length * math.cos(angle), length * math.sin(angle)
+            stroke = rng.uniform(min_width, 2 * min_width)
+            draw.line(_scaled([(cx - dx, cy - dy), (cx + dx, cy + dy)]), fill=fill, width=int(stroke * SUPERSAMPLE))
+    return _finish(image)
+
+
 def mask_of(image: np.ndarray) -> np.ndarray:
     """The ground-truth mask of an image drawn on a transparent background."""
     return image[..., 3] >= 128

@@ -1,9 +1,10 @@
 """Foreground segmentation: which pixels of an image show the object.
 
 The alpha channel is used when it means something; otherwise the background colour is
-estimated from the image border. The mask is then cleaned: only the largest connected
-object is kept and small holes (specks of background colour inside the object) are
-filled, while large holes such as a ring's are kept. The core works on a whole batch as
+estimated from the image border. The mask is then cleaned: specks (connected parts much
+smaller than the largest) are dropped while every sizeable part is kept, so an object drawn
+in several pieces keeps them all; small holes (specks of background colour inside the
+object) are filled, while large holes such as a ring's are kept. The core works on a whole batch as
 one tensor on the generator's device; `foreground_mask` is the one-image convenience.
 """
 
@@ -23,6 +24,9 @@ MIN_COLOUR_DISTANCE = 0.12
 
 BORDER_NOISE_FACTOR = 4.0
 """The threshold also stays this many times above the border's own colour spread (noise, JPEG)."""
+
+MIN_PART_FRACTION = 0.05
+"""Connected parts smaller than this fraction of the largest part are specks and dropped."""
 
 SMALL_HOLE_FRACTION = 0.005
 """Enclosed holes smaller than this fraction of the object's area are filled."""
@@ -74,7 +78,7 @@ def foreground_masks(rgba: torch.Tensor, valid: torch.Tensor | None = None) -> t
     mask = torch.where(use_alpha[:, None, None], ~transparent, _colour_key(rgba[:, :3]))
     if valid is not None:
         mask = mask & valid
-    return _fill_small_holes(_largest_component(mask))
+    return _fill_small_holes(_without_specks(mask))
 
 
 def _colour_key(rgb: torch.Tensor) -> torch.Tensor:
@@ -89,8 +93,8 @@ def _colour_key(rgb: torch.Tensor) -> torch.Tensor:
     return distance > threshold[:, None, None]
 
 
-def _largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """Only the largest 8-connected component of each mask (ties: the lowest label)."""
+def _without_specks(mask: torch.Tensor) -> torch.Tensor:
+    """Each mask's 8-connected parts of at least MIN_PART_FRACTION of its largest part."""
     import torch
 
     labels = component_labels(mask, diagonal=True)
@@ -99,8 +103,8 @@ def _largest_component(mask: torch.Tensor) -> torch.Tensor:
     flat = labels + torch.arange(batch, device=mask.device)[:, None, None] * per_item
     sizes = torch.bincount(flat.flatten(), minlength=batch * per_item).view(batch, per_item)
     sizes[:, 0] = 0
-    keep = sizes.argmax(dim=1)
-    return mask & (labels == keep[:, None, None])
+    kept = sizes >= MIN_PART_FRACTION * sizes.amax(dim=1, keepdim=True)
+    return mask & kept.flatten()[flat]
 
 
 def _fill_small_holes(mask: torch.Tensor) -> torch.Tensor:

@@ -38,13 +38,13 @@ def test_noisy_background_is_keyed_out():
     assert iou(foreground_mask(image), truth) >= 0.95
 
 
-def test_only_the_largest_object_is_kept():
+def test_sizeable_parts_are_kept_and_specks_dropped():
     big = shapes.disk((200, 120), centre=(60, 60), radius=45)
-    small = shapes.disk((200, 120), centre=(160, 60), radius=20)
-    image = np.maximum(big, small)
-    mask = foreground_mask(image)
-    assert mask[60, 60] and not mask[60, 160]
-    assert mask.sum() == shapes.mask_of(big).sum()
+    second = shapes.disk((200, 120), centre=(150, 60), radius=20)
+    speck = shapes.disk((200, 120), centre=(190, 110), radius=4)
+    mask = foreground_mask(np.maximum(np.maximum(big, second), speck))
+    assert mask[60, 60] and mask[60, 150] and not mask[110, 190]
+    assert mask.sum() == shapes.mask_of(big).sum() + shapes.mask_of(second).sum()
 
 
 def test_small_holes_are_filled_and_a_rings_hole_is_kept():
