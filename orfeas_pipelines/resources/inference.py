@@ -24,7 +24,6 @@ class Hunyuan3DSettings(dg.Config):
 
     model_path: Optional[str] = None
     subfolder: str = "hunyuan3d-dit-v2-0"
-    dtype: str = "auto"
     num_inference_steps: int = 50
     guidance_scale: float = 5.0
     octree_resolution: Optional[int] = None
@@ -44,11 +43,12 @@ class MeshGeneratorResource(dg.ConfigurableResource):
 
     torch and the model load in `setup_for_execution`, once per process, never when the
     definitions load. `batch_size=None` picks the batch from free memory and halves it on
-    out-of-memory.
+    out-of-memory. `dtype="auto"` is float16 for Hunyuan3D-2 on CUDA and float32 otherwise.
     """
 
     backend: str = "inflate"
     device: str = "auto"
+    dtype: str = "auto"
     batch_size: Optional[int] = None
     memory_fraction: float = 0.5
     inflate: InflateSettings = InflateSettings()
@@ -63,7 +63,7 @@ class MeshGeneratorResource(dg.ConfigurableResource):
         from orfeas_pipelines.lib.generation.base import create_generator
 
         options = self.hunyuan3d.options() if self.backend == "hunyuan3d" else self.inflate.model_dump()
-        return create_generator(self.backend, device=self.device, **options)
+        return create_generator(self.backend, device=self.device, dtype=self.dtype, **options)
 
     @property
     def generator(self) -> "Generator":

@@ -39,6 +39,15 @@ def test_auto_batch_size_uses_free_memory():
     assert [report.batch_size for report in reports] == [4]
 
 
+def test_dtype_is_one_setting_for_every_backend():
+    import torch
+
+    assert MeshGeneratorResource(device="cpu", dtype="float64").build_generator().dtype == torch.float64
+    assert MeshGeneratorResource(device="cpu").build_generator().dtype == torch.float32
+    with pytest.raises(ValueError, match="inflate dtype must be one of"):
+        MeshGeneratorResource(device="cpu", dtype="float16").build_generator()
+
+
 def test_unknown_backend_names_the_choices():
     with pytest.raises(ValueError, match="unknown generator backend 'nerf'.*hunyuan3d.*inflate"):
         MeshGeneratorResource(backend="nerf").build_generator()

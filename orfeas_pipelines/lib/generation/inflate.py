@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import torch
     import trimesh
 
+DTYPES = ("auto", "float32", "float64")
 MIN_RESOLUTION = 16
 MAX_RESOLUTION = 512
 GRID_MARGIN = 2
@@ -56,15 +57,16 @@ class InflateGenerator:
     name = "inflate"
     version = "1.0"
 
-    def __init__(self, device: torch.device, dtype: torch.dtype | None = None, face_budget: int | None = None):
+    def __init__(self, device: torch.device, dtype: str = "auto", face_budget: int | None = None):
+        """`dtype` is `auto` (float32), `float32` or `float64`: distances need more than half precision."""
         import torch
 
         if face_budget is not None and face_budget < 4:
             raise ValueError(f"face_budget must be at least 4, got {face_budget}")
-        if dtype not in (None, torch.float32, torch.float64):
-            raise ValueError(f"inflate computes in float32 or float64, not {dtype}")
+        if dtype not in DTYPES:
+            raise ValueError(f"inflate dtype must be one of {DTYPES}, got {dtype!r}")
         self.device = torch.device(device)
-        self.dtype = dtype or torch.float32
+        self.dtype = torch.float64 if dtype == "float64" else torch.float32
         self.face_budget = face_budget
 
     def batch_key(self, request: GenerationRequest) -> int:
