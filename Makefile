@@ -15,9 +15,10 @@ $(VENV)/.installed-base: pyproject.toml setup.py | $(BIN)/python
 	$(PIP) install -q -e .
 	touch $@
 
-# Everything CI tests: the Hunyuan3D-2 extra (torch 2.14.1 + torchvision 0.29.1) and test tools.
+# Everything CI tests: the Hunyuan3D-2 extra (torch 2.14.1 + torchvision 0.29.1), Postgres
+# storage and test tools.
 $(VENV)/.installed-full: pyproject.toml setup.py | $(BIN)/python
-	$(PIP) install -q -e '.[hunyuan3d,test]'
+	$(PIP) install -q -e '.[hunyuan3d,postgres,test]'
 	touch $@ $(VENV)/.installed-base
 
 install: $(VENV)/.installed-base
