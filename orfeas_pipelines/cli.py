@@ -12,6 +12,7 @@ from pathlib import Path
 from orfeas_pipelines.lib.home import OrfeasHome
 
 STATUS_EXIT_CODES = {"succeeded": 0, "failed": 1, "rejected": 1, "queued": 3, "running": 3}
+BENCH_SUITES = ("generator", "intake", "runs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     bench = commands.add_parser("bench", help="benchmarks; ratios measured side by side in one run")
-    suites = bench.add_subparsers(dest="suite", required=True)
+    bench.set_defaults(handler=_bench_all)
+    suites = bench.add_subparsers(dest="suite", metavar="{generator,intake,runs}", help="one suite (default: all three)")
     bench_generator = suites.add_parser("generator", help="batched vs sequential generation")
     bench_generator.add_argument("--backend", default="inflate", choices=["inflate", "hunyuan3d"])
     bench_generator.add_argument("--model-path")
@@ -231,6 +233,14 @@ def _status(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(status, indent=2, sort_keys=True))
     return STATUS_EXIT_CODES.get(status.get("state"), 2)
+
+
+def _bench_all(args: argparse.Namespace) -> int:
+    """Every suite with its defaults, one table each."""
+    for suite in BENCH_SUITES:
+        print(f"# orfeas bench {suite}", flush=True)
+        main(["bench", suite])
+    return 0
 
 
 def _bench_generator(args: argparse.Namespace) -> int:

@@ -104,3 +104,27 @@ def test_process_reports_a_failed_run_and_fails_its_images(home, agent, image_fi
     assert "run " in captured.err and " failed" in captured.err
     [image] = json.loads((home.outbox / job_id / "status.json").read_text())["images"]
     assert image["state"] == "failed" and image["error"].startswith("run ")
+
+
+def test_bench_without_a_suite_runs_every_suite_with_its_defaults(monkeypatch, capsys):
+    from orfeas_pipelines.bench import generator, intake, runs
+
+    called = []
+
+    def fake(name):
+        def bench(**options):
+            called.append((name, options))
+            return [{"suite": name, "ratio": 2.0}] if name == "generator" else {"suite": name, "ratio": 2.0}
+
+        return bench
+
+    monkeypatch.setattr(generator, "bench_generator", fake("generator"))
+    monkeypatch.setattr(intake, "bench_intake", fake("intake"))
+    monkeypatch.setattr(runs, "bench_runs", fake("runs"))
+    assert main(["bench"]) == 0
+    out = capsys.readouterr().out
+    assert [name for name, _ in called] == ["generator", "intake", "runs"]
+    assert called[1][1] == {"drops": 10_000} and called[2][1] == {"jobs": 32, "resolution": 64}
+    assert [line for line in out.splitlines() if line.startswith("# orfeas bench")] == [
+        "# orfeas bench generator", "# orfeas bench intake", "# orfeas bench runs"
+    ]
