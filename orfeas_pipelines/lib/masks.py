@@ -2,10 +2,11 @@
 
 The alpha channel is used when it means something; otherwise the background colour is
 estimated from the image border. The mask is then cleaned: specks (connected parts much
-smaller than the largest) are dropped while every sizeable part is kept, so an object drawn
-in several pieces keeps them all; small holes (specks of background colour inside the
-object) are filled, while large holes such as a ring's are kept. The core works on a whole batch as
-one tensor on the generator's device; `foreground_mask` is the one-image convenience.
+smaller than the largest) are dropped while every sizeable part is kept, so an object
+drawn in several pieces keeps them all; small holes (specks of background colour inside
+the object) are filled, while large holes such as a ring's are kept. The core works on a
+whole batch as one tensor on the generator's device; `foreground_mask` is the one-image
+convenience.
 """
 
 from __future__ import annotations
