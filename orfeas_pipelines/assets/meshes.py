@@ -42,9 +42,14 @@ MESH_CHECKS = [
 ]
 
 
-class MeshCheckConfig(dg.Config):
-    """How much of each batch the blocking check re-runs sequentially."""
+class MeshRunConfig(dg.Config):
+    """How a range run walks its images, and how much the blocking check re-runs sequentially.
 
+    A run holds at most `images_in_memory` decoded images and their meshes at a time, so a
+    range of thousands of large photos needs no more memory than a few batches of them.
+    """
+
+    images_in_memory: int = 64
     sequential_sample_size: int = 8
 
 
@@ -103,53 +108,61 @@ def source_image(context: dg.AssetExecutionContext, orfeas_home: OrfeasHomeResou
 )
 def generated_mesh(
     context: dg.AssetExecutionContext,
-    config: MeshCheckConfig,
+    config: MeshRunConfig,
     orfeas_home: OrfeasHomeResource,
     mesh_generator: MeshGeneratorResource,
 ) -> Iterator[dg.MaterializeResult]:
     """The 3D mesh of each image, generated in memory-sized batches on the inference device.
 
     One forward pass covers a batch of images; per-batch size, time, peak memory and device
-    are recorded. A failed image is recorded as that partition's error and fails only
-    itself. The blocking check re-runs a sample one image at a time and compares.
+    are recorded. The range is streamed: images are decoded, generated and stored a window
+    at a time. A failed image is recorded as that partition's error and fails only itself.
+    The blocking check re-runs a sample one image at a time and compares.
     """
     from orfeas_pipelines.lib.compare import compare_batch_to_sequential
     from orfeas_pipelines.lib.meshes import mesh_problems, mesh_summary
 
+    if config.images_in_memory < 1:
+        raise dg.Failure(f"images_in_memory must be at least 1, got {config.images_in_memory}")
     home = orfeas_home.home
     keys = list(context.partition_keys)
-    requests, load_errors = _requests_for(home, keys)
-    batches = []
-    started = time.perf_counter()
-    results = dict(zip((r.key for r in requests), mesh_generator.generate(requests, on_batch=batches.append)))
-    seconds = time.perf_counter() - started
+    sample = _evenly_spaced(keys, config.sequential_sample_size)
+    batched_sample: dict[str, object] = {key: None for key in sample}
     generator = mesh_generator.generator
-
+    batches = []
     invalid: dict[str, str] = {}
-    for key in keys:
-        result = results.get(key)
-        error = load_errors.get(key) or (result.error if result is not None else None)
-        mesh = result.mesh if result is not None and error is None else None
-        record = {"generator": generator.name, "generator_version": generator.version, "error": error}
-        if mesh is not None:
-            problems = mesh_problems(mesh)
-            record.update(mesh_summary(mesh), metrics=result.metrics, valid=not problems, problems=problems)
-            if problems:
-                invalid[key] = "; ".join(problems)
-        else:
-            invalid[key] = error or "no mesh produced"
-        store.save_generated(home, key, mesh, record)
-        context.add_asset_metadata(
-            {name: value for name, value in record.items() if isinstance(value, (str, int, float, bool))},
-            partition_key=key,
-        )
+    generated = 0
+    seconds = 0.0
+    for window_start in range(0, len(keys), config.images_in_memory):
+        window = keys[window_start : window_start + config.images_in_memory]
+        requests, load_errors = _requests_for(home, window)
+        started = time.perf_counter()
+        results = {result.key: result for result in mesh_generator.generate(requests, on_batch=batches.append)}
+        seconds += time.perf_counter() - started
+        generated += len(requests)
+        for key in window:
+            result = results.get(key)
+            error = load_errors.get(key) or (result.error if result is not None else None)
+            mesh = result.mesh if result is not None and error is None else None
+            record = {"generator": generator.name, "generator_version": generator.version, "error": error}
+            if mesh is not None:
+                problems = mesh_problems(mesh)
+                record.update(mesh_summary(mesh), metrics=result.metrics, valid=not problems, problems=problems)
+                if problems:
+                    invalid[key] = "; ".join(problems)
+            else:
+                invalid[key] = error or "no mesh produced"
+            store.save_generated(home, key, mesh, record)
+            if key in batched_sample:
+                batched_sample[key] = mesh
+            context.add_asset_metadata(
+                {name: value for name, value in record.items() if isinstance(value, (str, int, float, bool))},
+                partition_key=key,
+            )
 
-    sample = _evenly_spaced(requests, config.sequential_sample_size)
-    sequential = dict(zip((r.key for r in sample), mesh_generator.generate(sample, batch_size=1)))
-    agreement = compare_batch_to_sequential(
-        {key: results[key].mesh for key in sequential},
-        {key: result.mesh for key, result in sequential.items()},
-    )
+    sample_requests, _ = _requests_for(home, sample)
+    sequential = {result.key: result.mesh for result in mesh_generator.generate(sample_requests, batch_size=1)}
+    agreement = compare_batch_to_sequential(batched_sample, {key: sequential.get(key) for key in sample})
     yield dg.MaterializeResult(
         metadata={
             "backend": generator.name,
@@ -157,7 +170,7 @@ def generated_mesh(
             "images": len(keys),
             "failed": len(invalid),
             "seconds": round(seconds, 3),
-            "images_per_second": round(len(requests) / seconds, 3) if seconds else 0.0,
+            "images_per_second": round(generated / seconds, 3) if seconds else 0.0,
             "batches": _batch_table(batches),
         },
         check_results=[

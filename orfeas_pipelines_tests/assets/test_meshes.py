@@ -32,7 +32,9 @@ class BatchSensitiveGenerator(InflateGenerator):
 register_generator("batch_sensitive", BatchSensitiveGenerator)
 
 
-def run_range(instance, keys, generator="inflate", batch_size=None, raise_on_error=True, **generator_config):
+def run_range(
+    instance, keys, generator="inflate", batch_size=None, raise_on_error=True, run_config=None, **generator_config
+):
     return dg.materialize(
         [source_image, generated_mesh, mesh_files],
         instance=instance,
@@ -44,6 +46,7 @@ def run_range(instance, keys, generator="inflate", batch_size=None, raise_on_err
             ),
         },
         raise_on_error=raise_on_error,
+        run_config=run_config,
     )
 
 
@@ -140,6 +143,26 @@ def test_out_of_memory_halves_the_batch_inside_a_run(home, agent, instance, imag
     event = next(e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("generated_mesh"))
     table = event.materialization.metadata["batches"].value
     assert table.count("| 2 |") == 2 and "| 4 |" not in table and "True" in table
+    assert instance.get_materialized_partitions(dg.AssetKey("mesh_files")) == set(keys)
+
+
+def test_a_range_streams_through_memory_a_window_at_a_time(home, agent, instance, image_files, monkeypatch):
+    submit_images(home, agent, image_files)
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    held = []
+    original = InflateGenerator.generate
+
+    def generate_and_record(self, requests):
+        held.append(len(requests))
+        return original(self, requests)
+
+    monkeypatch.setattr(InflateGenerator, "generate", generate_and_record)
+    result = run_range(instance, keys, run_config={"ops": {"generated_mesh": {"config": {"images_in_memory": 3}}}})
+
+    assert result.success
+    assert held == [3, 1, 1, 1, 1, 1], "two windows (3 + 1) batched, then the 4 sequential samples"
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["batch_matches_sequential"].passed and checks["batch_matches_sequential"].metadata["compared"].value == 4
     assert instance.get_materialized_partitions(dg.AssetKey("mesh_files")) == set(keys)
 
 
