@@ -4,6 +4,10 @@ Every asset uses a single-run backfill policy, so one run covers a whole range o
 partitions and the mesh step hands them to the generator in batches. Data moves through
 files in `$ORFEAS_HOME` (the accepted job, the stored mesh, the outbox), not IO managers:
 the files are the product, and a range run writes one per partition.
+
+Dagster copies a range run's asset-level metadata onto every partition it covers, so the
+figures about the whole run (images, batches, throughput) are named `run_*`; per-image
+facts (vertices, faces, state) are attached to their own partition.
 """
 
 
@@ -94,7 +98,7 @@ def source_image(context: dg.AssetExecutionContext, orfeas_home: OrfeasHomeResou
             },
             partition_key=key,
         )
-    context.add_asset_metadata({"images": len(context.partition_keys), "unreadable": len(unreadable)})
+    context.add_asset_metadata({"run_images": len(context.partition_keys), "run_unreadable": len(unreadable)})
 
 
 @dg.asset(
@@ -167,11 +171,11 @@ def generated_mesh(
         metadata={
             "backend": generator.name,
             "device": str(generator.device),
-            "images": len(keys),
-            "failed": len(invalid),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(generated / seconds, 3) if seconds else 0.0,
-            "batches": _batch_table(batches),
+            "run_images": len(keys),
+            "run_failed": len(invalid),
+            "run_seconds": round(seconds, 3),
+            "run_images_per_second": round(generated / seconds, 3) if seconds else 0.0,
+            "run_batches": _batch_table(batches),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -232,7 +236,7 @@ def mesh_files(context: dg.AssetExecutionContext, orfeas_home: OrfeasHomeResourc
         _report_image(context, home, key, "succeeded", outputs=outputs, metrics=metrics)
         context.add_asset_metadata({"folder": dg.MetadataValue.path(str(folder))}, partition_key=key)
         delivered += 1
-    context.add_asset_metadata({"delivered": delivered, "images": len(context.partition_keys)})
+    context.add_asset_metadata({"run_delivered": delivered, "run_images": len(context.partition_keys)})
 
 
 def _report_image(context: dg.AssetExecutionContext, home: OrfeasHome, key: str, state: str, **fields) -> None:

@@ -12,6 +12,7 @@ failed tick can make a run repeat, never lose an image.
 """
 
 
+import logging
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -25,6 +26,7 @@ MAX_IMAGES_PER_RUN = 2000
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 REGISTERED_SEQ_KEY = "orfeas/registered_image_seq"
+MAX_LOGGED_REJECTIONS = 50
 
 
 class IntakeSettings(dg.ConfigurableResource):
@@ -52,8 +54,13 @@ def evaluate_intake(
     cursor: str | None,
     instance: dg.DagsterInstance,
     now: datetime | None = None,
+    log: logging.Logger | None = None,
 ) -> dg.SensorResult:
-    """One tick: intake, then register the next ledger images and request their range run."""
+    """One tick: intake, then register the next ledger images and request their range run.
+
+    The tick's counts and each rejection go to `log` (the sensor's tick log in the UI), so a
+    quarantined drop is visible there too, not only in `audit.log` and `quarantine/`.
+    """
     from orfeas_pipelines.lib.intake.inbox import process_inbox
     from orfeas_pipelines.lib.intake.ledger import IntakeLedger
     from orfeas_pipelines.lib.intake.registry import AgentRegistry
@@ -76,6 +83,7 @@ def evaluate_intake(
         f"accepted {len(outcome.accepted)}, rejected {len(outcome.rejected)}, "
         f"deferred {len(outcome.deferred)}, waiting {outcome.remaining}"
     )
+    _log_outcome(log or logging.getLogger(__name__), outcome, summary)
     if not pending:
         return dg.SensorResult(skip_reason=f"no new images ({summary})", cursor=str(after))
     keys = [image.partition_key for image in pending]
@@ -95,6 +103,14 @@ def evaluate_intake(
         ],
         cursor=str(last),
     )
+
+
+def _log_outcome(log: logging.Logger, outcome, summary: str) -> None:
+    log.info(f"intake: {summary}")
+    for rejection in outcome.rejected[:MAX_LOGGED_REJECTIONS]:
+        log.warning(f"rejected {rejection.entry}: {rejection.code}: {rejection.message} ({rejection.quarantined_as})")
+    if len(outcome.rejected) > MAX_LOGGED_REJECTIONS:
+        log.warning(f"... and {len(outcome.rejected) - MAX_LOGGED_REJECTIONS} more rejections (see audit.log)")
 
 
 def _whole_jobs(images: list, limit: int) -> list:
@@ -120,4 +136,4 @@ def inbox_sensor(
     Accepted jobs move to `jobs/`, rejected ones to `quarantine/` with a reason, rate-limited
     ones wait in `inbox/`; every decision is a line in `audit.log`.
     """
-    return evaluate_intake(orfeas_home, intake_settings, context.cursor, context.instance)
+    return evaluate_intake(orfeas_home, intake_settings, context.cursor, context.instance, log=context.log)

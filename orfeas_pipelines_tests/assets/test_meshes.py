@@ -73,7 +73,7 @@ def test_one_range_run_materializes_every_partition_and_delivers(home, agent, in
     assert checks["meshes_are_valid"].passed
     assert checks["batch_matches_sequential"].metadata["compared"].value == 4
     batches = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("generated_mesh")]
-    assert "| 4 |" in batches[0].materialization.metadata["batches"].value
+    assert "| 4 |" in batches[0].materialization.metadata["run_batches"].value
     for job_id in job_ids:
         status = outbox.read_status(home, job_id)
         assert status["state"] == "succeeded"
@@ -141,7 +141,7 @@ def test_out_of_memory_halves_the_batch_inside_a_run(home, agent, instance, imag
 
     assert result.success
     event = next(e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("generated_mesh"))
-    table = event.materialization.metadata["batches"].value
+    table = event.materialization.metadata["run_batches"].value
     assert table.count("| 2 |") == 2 and "| 4 |" not in table and "True" in table
     assert instance.get_materialized_partitions(dg.AssetKey("mesh_files")) == set(keys)
 
@@ -201,7 +201,7 @@ def test_hunyuan3d_backend_selected_by_config_runs_the_same_assets(
     assert checks["batch_matches_sequential"].metadata["compared"].value == 3
     mesh_event = next(e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("generated_mesh"))
     assert mesh_event.materialization.metadata["backend"].value == "hunyuan3d"
-    assert "| 3 |" in mesh_event.materialization.metadata["batches"].value
+    assert "| 3 |" in mesh_event.materialization.metadata["run_batches"].value
     delivered = [outbox.read_status(home, job_id)["state"] for job_id in job_ids]
     assert delivered == ["succeeded"] * 3, delivered
 

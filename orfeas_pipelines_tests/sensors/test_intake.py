@@ -1,12 +1,20 @@
 """The inbox sensor against a real instance: partitions and one range run per tick."""
 
+import logging
+
 import dagster as dg
 
 from orfeas_pipelines.definitions import defs
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines.lib.intake.audit import read_audit
 from orfeas_pipelines.resources.home import OrfeasHomeResource
-from orfeas_pipelines.sensors.intake import RANGE_END_TAG, RANGE_START_TAG, IntakeSettings, inbox_sensor
+from orfeas_pipelines.sensors.intake import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    IntakeSettings,
+    evaluate_intake,
+    inbox_sensor,
+)
 from orfeas_pipelines_tests.conftest import submit_images
 
 
@@ -37,6 +45,17 @@ def test_tick_registers_good_jobs_and_requests_one_range_run(home, agent, instan
     assert (home.quarantine / "stray.txt").exists()
     decisions = sorted(line["decision"] for line in read_audit(home.audit_log))
     assert decisions == ["accepted", "accepted", "rejected"]
+
+
+def test_the_tick_log_names_each_rejection(home, agent, instance, image_files, caplog):
+    submit_images(home, agent, image_files[:1])
+    (home.inbox / "stray.txt").write_text("not a job")
+    with caplog.at_level(logging.INFO, logger="tick"):
+        result = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None, instance, log=logging.getLogger("tick"))
+    assert result.run_requests
+    lines = [record.getMessage() for record in caplog.records]
+    assert "intake: accepted 1, rejected 1, deferred 0, waiting 0" in lines
+    assert any(line.startswith("rejected stray.txt: not_a_job:") and "quarantine/stray.txt" in line for line in lines)
 
 
 def test_retried_tick_requests_the_same_run_and_next_tick_nothing(home, agent, instance, image_files):
