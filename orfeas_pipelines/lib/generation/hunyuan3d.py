@@ -23,9 +23,9 @@ A batch is one pipeline call with a list of images and a list of per-item CPU
 draws each item's starting latents from its own generator and the flow-matching Euler
 sampler adds no noise after that, so an item's mesh does not depend on its batch mates.
 
-Decoding uses the VAE's dense `VanillaVolumeDecoder`, which evaluates the (R+1)^3 grid
-for the whole batch in one pass; the hierarchical and FlashVDM decoders assume a batch of
-one, so they are switched off. Surface extraction (hy3dgen's marching cubes) then runs per
+Decoding uses the VAE's dense `VanillaVolumeDecoder`, which evaluates the (R+1)^3 grids of
+the whole batch together, chunk by chunk; the hierarchical and FlashVDM decoders assume a
+batch of one, so they are switched off. Surface extraction (hy3dgen's marching cubes) then runs per
 item, so an item without a surface becomes that item's error, not a batch failure.
 
 Frame: hy3dgen's meshes are already in the contract's frame: upright with +Y up (the XZ
@@ -192,7 +192,7 @@ class Hunyuan3DGenerator:
                 decoded,
                 vae.geo_decoder,
                 bounds=BOX_BOUNDS,
-                num_chunks=self.num_chunks,
+                num_chunks=self._points_per_item_and_pass(len(images)),
                 octree_resolution=octree,
                 enable_pbar=False,
             )
@@ -225,6 +225,18 @@ class Hunyuan3DGenerator:
             "raw_faces": int(len(raw.faces)),
         }
         return GenerationResult(key=request.key, mesh=mesh, metrics=metrics)
+
+    def _points_per_item_and_pass(self, batch_size: int) -> int:
+        """Grid points each item sends through one volume-decoder pass.
+
+        On CUDA, hy3dgen's `num_chunks` per item, so a batch makes each pass larger (the GPU
+        is bound by kernel launches). On a CPU, `num_chunks` for the whole batch, so a pass's
+        working set stays in cache: measured with the tiny model at octree 64, batch 8,
+        batched/sequential 1.25 this way vs 0.82-1.06 with per-item chunks.
+        """
+        if self.device.type == "cuda":
+            return self.num_chunks
+        return max(1, self.num_chunks // batch_size)
 
     def _octree_resolution(self, request: GenerationRequest) -> int:
         return self.octree_resolution if self.octree_resolution is not None else request.resolution

@@ -269,6 +269,13 @@ def test_the_octree_resolution_sets_batch_key_and_memory(tiny_hunyuan3d_model_pa
     assert fixed.batch_key(small) == fixed.batch_key(large)
 
 
+def test_decoder_passes_keep_their_size_on_cpu_and_grow_with_the_batch_on_cuda(tiny_hunyuan3d_model_path):
+    cpu = tiny_generator(tiny_hunyuan3d_model_path, num_chunks=8000)
+    cuda = hunyuan3d.Hunyuan3DGenerator(torch.device("cuda"), model_path=tiny_hunyuan3d_model_path, num_chunks=8000)
+    assert [cpu._points_per_item_and_pass(size) for size in (1, 8, 9000)] == [8000, 1000, 1]
+    assert [cuda._points_per_item_and_pass(size) for size in (1, 8)] == [8000, 8000]
+
+
 def test_importing_the_backend_imports_neither_torch_nor_hy3dgen():
     code = (
         "import sys, orfeas_pipelines.lib.generation.hunyuan3d; "
