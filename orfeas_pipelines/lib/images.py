@@ -46,9 +46,17 @@ def decode_image(
     max_pixels: int = MAX_IMAGE_PIXELS,
     max_bytes: int = MAX_IMAGE_BYTES,
 ) -> np.ndarray:
-    """Fully decode `data` to RGBA uint8 (H, W, 4), with the checks of `verify_image`."""
+    """Fully decode `data` to RGBA uint8 (H, W, 4) as the picture is meant to be seen, with
+    the checks of `verify_image`: the EXIF orientation of a phone photo is applied, and
+    16-bit greyscale is scaled to 8 bits (Pillow's own conversion clips it to white)."""
+    from PIL import Image, ImageOps
+
     with _decoded(data, name, max_pixels, max_bytes, None) as image:
-        return np.asarray(image.convert("RGBA"), dtype=np.uint8)
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode.startswith("I"):
+            grey = np.asarray(upright, dtype=np.int64) >> 8
+            upright = Image.fromarray(grey.clip(0, 255).astype(np.uint8), "L")
+        return np.asarray(upright.convert("RGBA"), dtype=np.uint8)
 
 
 @contextmanager

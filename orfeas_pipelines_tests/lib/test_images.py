@@ -1,0 +1,81 @@
+"""Decoding images: as the picture is meant to be seen, with limits and one-line errors."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orfeas_pipelines.lib.images import ImageError, decode_image, has_meaningful_alpha, load_image, verify_image
+from orfeas_pipelines_tests.lib.intake.drops import png_claiming_size
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_a_phone_photo_is_turned_upright_by_its_exif_orientation():
+    picture = Image.new("RGB", (80, 40), (230, 20, 20))
+    picture.paste((20, 20, 230), (0, 0, 20, 40))
+    exif = picture.getexif()
+    exif[0x0112] = 6
+    pixels = decode_image(encoded(picture, "JPEG", exif=exif, quality=95), "photo.jpg")
+    assert pixels.shape == (80, 40, 4), "orientation 6: rotated 90 degrees clockwise to stand upright"
+    assert pixels[5, 20, 2] > 180 and pixels[75, 20, 0] > 180, "the blue left edge is now at the top"
+
+
+def test_sixteen_bit_greyscale_keeps_its_tones():
+    ramp = np.tile(np.linspace(0, 65535, 256), (16, 1)).astype(np.uint16)
+    pixels = decode_image(encoded(Image.fromarray(ramp), "PNG"), "depth.png")
+    assert pixels.dtype == np.uint8 and pixels.shape == (16, 256, 4)
+    assert pixels[0, 0, 0] == 0 and pixels[0, -1, 0] == 255
+    assert len(np.unique(pixels[..., 0])) > 200, "a ramp, not clipped to white"
+    assert (pixels[..., 3] == 255).all()
+
+
+def test_palette_and_grey_alpha_images_become_rgba():
+    palette = Image.new("P", (8, 8))
+    palette.putpalette([10, 200, 30] * 256)
+    assert decode_image(encoded(palette, "PNG"), "p.png")[0, 0].tolist() == [10, 200, 30, 255]
+    grey_alpha = Image.new("LA", (8, 8), (120, 0))
+    assert decode_image(encoded(grey_alpha, "PNG"), "la.png")[0, 0].tolist() == [120, 120, 120, 0]
+
+
+@pytest.mark.parametrize(
+    "data, code, reason",
+    [
+        (b"", "not_an_image", "file is empty"),
+        (b"\x89PNG\r\n\x1a\n truncated", "not_an_image", "not a decodable image"),
+        (png_claiming_size(40000, 40000), "too_large", "too large to decode safely"),
+    ],
+)
+def test_bad_bytes_are_one_line_errors_naming_the_file(data, code, reason):
+    with pytest.raises(ImageError) as error:
+        decode_image(data, "bad.png")
+    assert error.value.code == code
+    message = str(error.value)
+    assert message.startswith("bad.png: ") and reason in message and "\n" not in message
+
+
+def test_verify_limits_the_decoders_that_see_the_bytes():
+    gif = encoded(Image.new("RGB", (4, 4)), "GIF")
+    assert verify_image(gif, "a.gif") == (4, 4)
+    with pytest.raises(ImageError, match="not a decodable image"):
+        verify_image(gif, "a.gif", formats=("PNG", "JPEG", "WEBP"))
+
+
+def test_a_missing_file_names_itself(tmp_path):
+    with pytest.raises(ImageError, match="^gone.png: cannot be read") as error:
+        load_image(tmp_path / "gone.png")
+    assert error.value.code == "image_missing"
+
+
+def test_alpha_means_something_only_when_it_hides_some_pixels_but_not_all():
+    image = np.full((4, 4, 4), 255, np.uint8)
+    assert not has_meaningful_alpha(image)
+    image[0, 0, 3] = 0
+    assert has_meaningful_alpha(image)
+    image[..., 3] = 0
+    assert not has_meaningful_alpha(image)
