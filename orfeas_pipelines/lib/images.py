@@ -52,7 +52,10 @@ def decode_image(
     from PIL import Image, ImageOps
 
     with _decoded(data, name, max_pixels, max_bytes, None) as image:
-        upright = ImageOps.exif_transpose(image)
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except Exception:  # noqa: BLE001 - a corrupt EXIF block: the pixels are fine as stored
+            upright = image
         if upright.mode.startswith("I"):
             grey = np.asarray(upright, dtype=np.int64) >> 8
             upright = Image.fromarray(grey.clip(0, 255).astype(np.uint8), "L")
@@ -61,7 +64,7 @@ def decode_image(
 
 @contextmanager
 def _decoded(data: bytes, name: str, max_pixels: int, max_bytes: int, formats: tuple[str, ...] | None):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if len(data) == 0:
         raise ImageError(name, "file is empty")
@@ -84,7 +87,7 @@ def _decoded(data: bytes, name: str, max_pixels: int, max_bytes: int, formats: t
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(name, f"image is too large to decode safely ({error})", "too_large") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - malformed files raise many kinds (struct.error, TypeError...)
         raise ImageError(name, f"not a decodable image ({_first_line(error)})") from None
 
 

@@ -4,6 +4,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from orfeas_pipelines.lib.images import ImageError, decode_image, has_meaningful_alpha, load_image, verify_image
@@ -79,3 +81,39 @@ def test_alpha_means_something_only_when_it_hides_some_pixels_but_not_all():
     assert has_meaningful_alpha(image)
     image[..., 3] = 0
     assert not has_meaningful_alpha(image)
+
+
+def test_a_corrupt_exif_block_leaves_the_photo_as_stored():
+    data = bytearray(_photo_with_exif())
+    data[41], data[66] = 32, 49
+    pixels = decode_image(bytes(data), "photo.jpg")
+    assert pixels.shape == (16, 24, 4)
+
+
+def _photo_with_exif() -> bytes:
+    picture = Image.new("RGB", (24, 16), (200, 120, 40))
+    exif = picture.getexif()
+    exif[0x0112] = 6
+    exif[0x010F] = "camera"
+    return encoded(picture, "JPEG", exif=exif)
+
+
+SEEDS = {"jpeg": _photo_with_exif(), "png": encoded(Image.new("RGBA", (24, 16), (9, 90, 200, 128)), "PNG")}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    seed=st.sampled_from(sorted(SEEDS)),
+    flips=st.lists(st.tuples(st.integers(0, 95), st.integers(1, 255)), min_size=1, max_size=4),
+)
+def test_corrupted_files_only_ever_raise_image_error(seed, flips):
+    """A poison file must be one image's error, never an exception that stops a tick or a run.
+    The first 96 bytes hold the headers and the EXIF block, where the parsers trip."""
+    data = bytearray(SEEDS[seed])
+    for position, mask in flips:
+        data[position % len(data)] ^= mask
+    for decode in (decode_image, verify_image):
+        try:
+            decode(bytes(data), "fuzz.jpg")
+        except ImageError:
+            pass
