@@ -39,13 +39,17 @@ seed=${SEED:-0}
 [[ -d $home ]] || die "no such home folder: $home"
 [[ -n $agent_id && -n $secret ]] || usage
 [[ $resolution =~ ^[1-9][0-9]*$ ]] || die "RESOLUTION must be a positive integer: $resolution"
-[[ $seed =~ ^(0|-?[1-9][0-9]*)$ ]] || die "SEED must be an integer: $seed"
+[[ $seed =~ ^(0|[1-9][0-9]*)$ ]] || die "SEED must be a non-negative integer: $seed"
+# Ids and file names end up in paths: one safe alphabet (the README's rules for agents).
+name_pattern='^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$'
+[[ $agent_id =~ $name_pattern ]] || die "AGENT_ID may use only A-Z a-z 0-9 . _ - : $agent_id"
 [[ $formats =~ ^[a-z0-9]+(,[a-z0-9]+)*$ ]] || die "FORMATS must be a comma list such as stl,glb: $formats"
 
 declare -A seen=()
 for image in "$@"; do
     [[ -f $image ]] || die "no such image file: $image"
     name=${image##*/}
+    [[ $name =~ $name_pattern ]] || die "image file name may use only A-Z a-z 0-9 . _ - : $name"
     [[ -z ${seen[$name]:-} ]] || die "two images share the file name $name"
     seen[$name]=1
 done

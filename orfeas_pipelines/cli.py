@@ -236,11 +236,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _bench_all(args: argparse.Namespace) -> int:
-    """Every suite with its defaults, one table each."""
+    """Every suite with its defaults, one table each; fails if any suite failed."""
+    code = 0
     for suite in BENCH_SUITES:
         print(f"# orfeas bench {suite}", flush=True)
-        main(["bench", suite])
-    return 0
+        code = max(code, main(["bench", suite]))
+    return code
 
 
 def _bench_generator(args: argparse.Namespace) -> int:

@@ -128,3 +128,16 @@ def test_bench_without_a_suite_runs_every_suite_with_its_defaults(monkeypatch, c
     assert [line for line in out.splitlines() if line.startswith("# orfeas bench")] == [
         "# orfeas bench generator", "# orfeas bench intake", "# orfeas bench runs"
     ]
+
+
+def test_bench_without_a_suite_fails_when_a_suite_fails(monkeypatch, capsys):
+    from orfeas_pipelines.bench import generator, intake, runs
+
+    def broken(**options):
+        raise RuntimeError("no disk left")
+
+    monkeypatch.setattr(generator, "bench_generator", lambda **options: [{"ratio": 2.0}])
+    monkeypatch.setattr(intake, "bench_intake", broken)
+    monkeypatch.setattr(runs, "bench_runs", lambda **options: {"ratio": 2.0})
+    assert main(["bench"]) == 1
+    assert "no disk left" in capsys.readouterr().err

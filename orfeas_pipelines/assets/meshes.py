@@ -121,52 +121,30 @@ def generated_mesh(
     One forward pass covers a batch of images; per-batch size, time, peak memory and device
     are recorded. The range is streamed: images are decoded, generated and stored a window
     at a time. A failed image is recorded as that partition's error and fails only itself.
-    The blocking check re-runs a sample one image at a time and compares.
+    The blocking check re-runs a sample of the images that loaded, one at a time, and
+    compares with the stored batched meshes.
     """
     from orfeas_pipelines.lib.compare import compare_batch_to_sequential
-    from orfeas_pipelines.lib.meshes import mesh_problems, mesh_summary
 
     if config.images_in_memory < 1:
         raise dg.Failure(f"images_in_memory must be at least 1, got {config.images_in_memory}")
     home = orfeas_home.home
     keys = list(context.partition_keys)
-    sample = _evenly_spaced(keys, config.sequential_sample_size)
-    batched_sample: dict[str, object] = {key: None for key in sample}
     generator = mesh_generator.generator
-    batches = []
-    invalid: dict[str, str] = {}
-    generated = 0
+    batches, invalid, loaded = [], {}, []
     seconds = 0.0
     for window_start in range(0, len(keys), config.images_in_memory):
         window = keys[window_start : window_start + config.images_in_memory]
-        requests, load_errors = _requests_for(home, window)
-        started = time.perf_counter()
-        results = {result.key: result for result in mesh_generator.generate(requests, on_batch=batches.append)}
-        seconds += time.perf_counter() - started
-        generated += len(requests)
-        for key in window:
-            result = results.get(key)
-            error = load_errors.get(key) or (result.error if result is not None else None)
-            mesh = result.mesh if result is not None and error is None else None
-            record = {"generator": generator.name, "generator_version": generator.version, "error": error}
-            if mesh is not None:
-                problems = mesh_problems(mesh)
-                record.update(mesh_summary(mesh), metrics=result.metrics, valid=not problems, problems=problems)
-                if problems:
-                    invalid[key] = "; ".join(problems)
-            else:
-                invalid[key] = error or "no mesh produced"
-            store.save_generated(home, key, mesh, record)
-            if key in batched_sample:
-                batched_sample[key] = mesh
-            context.add_asset_metadata(
-                {name: value for name, value in record.items() if isinstance(value, (str, int, float, bool))},
-                partition_key=key,
-            )
+        window_loaded, window_seconds = _generate_window(context, home, mesh_generator, window, batches, invalid)
+        loaded += window_loaded
+        seconds += window_seconds
 
+    sample = _evenly_spaced(loaded, config.sequential_sample_size)
     sample_requests, _ = _requests_for(home, sample)
     sequential = {result.key: result.mesh for result in mesh_generator.generate(sample_requests, batch_size=1)}
-    agreement = compare_batch_to_sequential(batched_sample, {key: sequential.get(key) for key in sample})
+    agreement = compare_batch_to_sequential(
+        {key: store.load_mesh(home, key) for key in sample}, {key: sequential.get(key) for key in sample}
+    )
     yield dg.MaterializeResult(
         metadata={
             "backend": generator.name,
@@ -174,7 +152,7 @@ def generated_mesh(
             "run_images": len(keys),
             "run_failed": len(invalid),
             "run_seconds": round(seconds, 3),
-            "run_images_per_second": round(generated / seconds, 3) if seconds else 0.0,
+            "run_images_per_second": round(len(loaded) / seconds, 3) if seconds else 0.0,
             "run_batches": _batch_table(batches),
         },
         check_results=[
@@ -237,6 +215,43 @@ def mesh_files(context: dg.AssetExecutionContext, orfeas_home: OrfeasHomeResourc
         context.add_asset_metadata({"folder": dg.MetadataValue.path(str(folder))}, partition_key=key)
         delivered += 1
     context.add_asset_metadata({"run_delivered": delivered, "run_images": len(context.partition_keys)})
+
+
+def _generate_window(
+    context: dg.AssetExecutionContext,
+    home: OrfeasHome,
+    mesh_generator: MeshGeneratorResource,
+    window: list[str],
+    batches: list,
+    invalid: dict[str, str],
+) -> tuple[list[str], float]:
+    """Decode, generate and store one window of partitions; returns the keys whose image loaded
+    and the generation time. The window's images and meshes are freed when it returns."""
+    from orfeas_pipelines.lib.meshes import mesh_problems, mesh_summary
+
+    generator = mesh_generator.generator
+    requests, load_errors = _requests_for(home, window)
+    started = time.perf_counter()
+    results = {result.key: result for result in mesh_generator.generate(requests, on_batch=batches.append)}
+    seconds = time.perf_counter() - started
+    for key in window:
+        result = results.get(key)
+        error = load_errors.get(key) or (result.error if result is not None else None)
+        mesh = result.mesh if result is not None and error is None else None
+        record = {"generator": generator.name, "generator_version": generator.version, "error": error}
+        if mesh is not None:
+            problems = mesh_problems(mesh)
+            record.update(mesh_summary(mesh), metrics=result.metrics, valid=not problems, problems=problems)
+            if problems:
+                invalid[key] = "; ".join(problems)
+        else:
+            invalid[key] = error or "no mesh produced"
+        store.save_generated(home, key, mesh, record)
+        context.add_asset_metadata(
+            {name: value for name, value in record.items() if isinstance(value, (str, int, float, bool))},
+            partition_key=key,
+        )
+    return [request.key for request in requests], seconds
 
 
 def _report_image(context: dg.AssetExecutionContext, home: OrfeasHome, key: str, state: str, **fields) -> None:

@@ -79,15 +79,22 @@ def generate_in_batches(
     on_batch: Callable[[BatchReport], None] | None = None,
     memory_fraction: float = 0.5,
     memory_budget_bytes: int | None = None,
+    learned_sizes: dict[str, int] | None = None,
 ) -> list[GenerationResult]:
-    """Results in the order of `requests`. `batch_size=None` picks it from memory per group."""
+    """Results in the order of `requests`. `batch_size=None` picks it from memory per group.
+
+    `learned_sizes` (batch key → size) carries what out-of-memory taught across calls, so a
+    caller that feeds a long stream in several calls pays for each lesson once.
+    """
     results: dict[int, GenerationResult] = {}
     indexed = sorted(enumerate(requests), key=lambda pair: _sortable(generator.batch_key(pair[1])))
-    for _key, group in groupby(indexed, key=lambda pair: _sortable(generator.batch_key(pair[1]))):
+    for key, group in groupby(indexed, key=lambda pair: _sortable(generator.batch_key(pair[1]))):
         members = list(group)
         size = batch_size or auto_batch_size(
             generator, members[0][1], memory_fraction, memory_budget_bytes
         )
+        if learned_sizes is not None:
+            size = min(size, learned_sizes.get(key, size))
         start, halved = 0, False
         while start < len(members):
             chunk = members[start : start + size]
@@ -101,6 +108,8 @@ def generate_in_batches(
                     start += 1
                     continue
                 size, halved = max(1, size // 2), True
+                if learned_sizes is not None:
+                    learned_sizes[key] = size
                 log.warning("out of memory at batch size %d; retrying at %d", len(chunk), size)
                 continue
             for (index, _request), result in zip(chunk, outcome):

@@ -55,6 +55,7 @@ class MeshGeneratorResource(dg.ConfigurableResource):
     hunyuan3d: Hunyuan3DSettings = Hunyuan3DSettings()
 
     _generator: Optional["Generator"] = PrivateAttr(default=None)
+    _learned_batch_sizes: dict = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._generator = self.build_generator()
@@ -77,7 +78,11 @@ class MeshGeneratorResource(dg.ConfigurableResource):
         batch_size: Optional[int] = None,
         on_batch: Optional[Callable[["BatchReport"], None]] = None,
     ) -> list["GenerationResult"]:
-        """Results in request order; `batch_size` overrides the configured one (1 = sequential)."""
+        """Results in request order; `batch_size` overrides the configured one (1 = sequential).
+
+        A batch size that ran out of memory stays halved for the rest of the process, so the
+        windows of a long range run do not each pay for the same out-of-memory error.
+        """
         from orfeas_pipelines.lib.batching import generate_in_batches
 
         return generate_in_batches(
@@ -86,4 +91,5 @@ class MeshGeneratorResource(dg.ConfigurableResource):
             batch_size=batch_size or self.batch_size,
             on_batch=on_batch,
             memory_fraction=self.memory_fraction,
+            learned_sizes=self._learned_batch_sizes,
         )

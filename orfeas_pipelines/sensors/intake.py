@@ -106,9 +106,14 @@ def evaluate_intake(
 
 
 def _log_outcome(log: logging.Logger, outcome, summary: str) -> None:
+    """Counts and rejections of a tick that decided something; idle ticks stay silent."""
+    if not (outcome.accepted or outcome.rejected or outcome.deferred):
+        return
     log.info(f"intake: {summary}")
     for rejection in outcome.rejected[:MAX_LOGGED_REJECTIONS]:
-        log.warning(f"rejected {rejection.entry}: {rejection.code}: {rejection.message} ({rejection.quarantined_as})")
+        log.warning(
+            f"rejected {rejection.entry!r}: {rejection.code}: {rejection.message} ({rejection.quarantined_as!r})"
+        )
     if len(outcome.rejected) > MAX_LOGGED_REJECTIONS:
         log.warning(f"... and {len(outcome.rejected) - MAX_LOGGED_REJECTIONS} more rejections (see audit.log)")
 

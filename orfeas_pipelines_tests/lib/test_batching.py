@@ -97,3 +97,18 @@ def test_requests_are_grouped_by_batch_key_and_returned_in_input_order():
     assert [result.key for result in results] == [f"k{index}" for index in range(6)]
     assert [result.metrics["resolution"] for result in results] == [64, 128, 64, 128, 64, 128]
     assert sorted(len(call) for call in generator.calls) == [3, 3]
+
+
+def test_a_learned_batch_size_carries_over_to_the_next_call_and_never_raises_an_explicit_one():
+    generator = FakeGenerator(fits=2)
+    learned: dict[str, int] = {}
+    first = [GenerationRequest(key=f"a{i}", image=IMAGE) for i in range(4)]
+    generate_in_batches(generator, first, batch_size=8, learned_sizes=learned)
+    assert learned == {"128": 2}
+    generator.calls.clear()
+    second = [GenerationRequest(key=f"b{i}", image=IMAGE) for i in range(4)]
+    generate_in_batches(generator, second, batch_size=8, learned_sizes=learned)
+    assert [len(call) for call in generator.calls] == [2, 2], "no second out-of-memory"
+    generator.calls.clear()
+    generate_in_batches(generator, second, batch_size=1, learned_sizes=learned)
+    assert [len(call) for call in generator.calls] == [1, 1, 1, 1]

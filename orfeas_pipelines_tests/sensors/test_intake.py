@@ -55,7 +55,11 @@ def test_the_tick_log_names_each_rejection(home, agent, instance, image_files, c
     assert result.run_requests
     lines = [record.getMessage() for record in caplog.records]
     assert "intake: accepted 1, rejected 1, deferred 0, waiting 0" in lines
-    assert any(line.startswith("rejected stray.txt: not_a_job:") and "quarantine/stray.txt" in line for line in lines)
+    assert any(line.startswith("rejected 'stray.txt': not_a_job:") and "quarantine/stray.txt" in line for line in lines)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tick"):
+        evaluate_intake(OrfeasHomeResource(), IntakeSettings(), result.cursor, instance, log=logging.getLogger("tick"))
+    assert caplog.records == [], "an idle tick logs nothing"
 
 
 def test_retried_tick_requests_the_same_run_and_next_tick_nothing(home, agent, instance, image_files):
