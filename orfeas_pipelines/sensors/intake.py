@@ -114,6 +114,8 @@ def _log_outcome(log: logging.Logger, outcome, summary: str) -> None:
         log.warning(
             f"rejected {rejection.entry!r}: {rejection.code}: {rejection.message} ({rejection.quarantined_as!r})"
         )
+    for held in (deferral for deferral in outcome.deferred if deferral.job_id is None):
+        log.warning(f"held {held.entry!r}: {held.reason}")
     if len(outcome.rejected) > MAX_LOGGED_REJECTIONS:
         log.warning(f"... and {len(outcome.rejected) - MAX_LOGGED_REJECTIONS} more rejections (see audit.log)")
 

@@ -9,7 +9,9 @@ other entry ends in exactly one place:
 - rejected: the entry is renamed, byte for byte, into `quarantine/` with `reason.json`
   ({code, message, at}); a stray file or symlink is rejected as not_a_job;
 - deferred (agent over its jobs-per-minute): it stays in `inbox/` and is judged again in
-  a later tick against the time it first arrived, so waiting never makes it stale.
+  a later tick against the time it first arrived, so waiting never makes it stale;
+- held (the intake itself failed on it, e.g. a library bug): it stays in `inbox/`, its
+  ledger writes are undone, and the tick goes on with the other entries.
 
 Files in a job folder that the manifest does not list are harmless: they move with the
 folder and are never read. Every decision is a line in `audit.log`.
@@ -58,8 +60,8 @@ class Rejection:
 @dataclass(frozen=True)
 class Deferral:
     entry: str
-    job_id: str
-    agent_id: str
+    job_id: str | None
+    agent_id: str | None
     reason: str
 
 
@@ -167,8 +169,12 @@ class _Tick:
                     stopped_at = index
                     break
                 try:
-                    used = self._decide(entry, images, max_images)
+                    with self.ledger.savepoint():
+                        used = self._decide(entry, images, max_images)
                 except FileNotFoundError:
+                    continue
+                except Exception as error:  # noqa: BLE001 - one entry's surprise must not stop the inbox
+                    self._hold(entry.name, error)
                     continue
                 if used is _STOP:
                     stopped_at = index
@@ -279,6 +285,12 @@ class _Tick:
             )
             if verified is not None:
                 self.deferred_to_announce.append(verified)
+
+    def _hold(self, name: str, error: Exception) -> None:
+        """Leave an entry the intake failed to decide in inbox/, say why, and go on with the rest."""
+        reason = f"intake could not decide this entry ({type(error).__name__}: {error}); it stays in inbox/"
+        self.outcome.deferred.append(Deferral(name, None, None, reason))
+        self.audit.append(audit_record(self.now, "deferred", name, message=" ".join(reason.split())))
 
     def _recover(self) -> None:
         """Register job folders a crashed tick moved into jobs/ but never committed."""

@@ -98,6 +98,18 @@ class IntakeLedger:
             raise
         self._db.execute("COMMIT")
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: the writes of this block are undone if it raises."""
+        self._db.execute("SAVEPOINT entry")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO entry")
+            raise
+        finally:
+            self._db.execute("RELEASE entry")
+
     def nonce_seen(self, agent_id: str, nonce: str) -> bool:
         row = self._db.execute("SELECT 1 FROM nonces WHERE agent_id = ? AND nonce = ?", (agent_id, nonce)).fetchone()
         return row is not None

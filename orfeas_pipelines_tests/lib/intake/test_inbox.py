@@ -123,6 +123,32 @@ def test_incomplete_and_hidden_entries_are_left_alone(home):
     assert [line["entry"] for line in read_audit(home.audit_log)] == [good]
 
 
+def test_an_entry_the_intake_fails_on_is_held_and_the_others_go_on(home, monkeypatch):
+    agent = make_agent(home)
+    poison = drop_good_job(home, agent, NOW, job_id="a-poison")
+    good = drop_good_job(home, agent, NOW, job_id="b-good")
+    real_verify = inbox_module.verify_job
+
+    def verify(folder, raw, registry, ledger, *args):
+        if folder.name == poison:
+            ledger.record_rejected(poison, agent.agent_id, json.loads(raw)["nonce"], 0.0)
+            raise RuntimeError("a library bug")
+        return real_verify(folder, raw, registry, ledger, *args)
+
+    monkeypatch.setattr(inbox_module, "verify_job", verify)
+    before = tree_digest(home.inbox / poison)
+    outcome = tick(home)
+
+    assert [job.job_id for job in outcome.accepted] == [good]
+    [held] = outcome.deferred
+    assert held.entry == poison and "RuntimeError: a library bug" in held.reason
+    assert tree_digest(home.inbox / poison) == before
+    [line] = [line for line in read_audit(home.audit_log) if line["decision"] == "deferred"]
+    assert line["entry"] == poison and "stays in inbox/" in line["message"]
+    monkeypatch.setattr(inbox_module, "verify_job", real_verify)
+    assert [job.job_id for job in tick(home).accepted] == [poison], "its ledger writes were undone"
+
+
 def test_rate_limit_defers_without_losing_or_staling_and_does_not_starve_others(home):
     flooder = make_agent(home, "agent-a", rate_per_minute=2)
     other = make_agent(home, "agent-b")
