@@ -73,6 +73,7 @@ def _decoded(data: bytes, name: str, max_pixels: int, max_bytes: int, formats: t
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF and such
             with Image.open(io.BytesIO(data), formats=formats) as image:
                 width, height = image.size
                 if width * height > max_pixels:
