@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks; ratios measured side by side in one run")
     bench.set_defaults(handler=_bench_all)
-    suites = bench.add_subparsers(dest="suite", metavar="{generator,intake,runs}", help="one suite (default: all three)")
+    suites = bench.add_subparsers(dest="suite", metavar=f"{{{','.join(BENCH_SUITES)}}}", help="one suite (default: all)")
     bench_generator = suites.add_parser("generator", help="batched vs sequential generation")
     bench_generator.add_argument("--backend", default="inflate", choices=["inflate", "hunyuan3d"])
     bench_generator.add_argument("--model-path")

@@ -162,7 +162,8 @@ def test_a_range_streams_through_memory_a_window_at_a_time(home, agent, instance
     assert result.success
     assert held == [3, 1, 1, 1, 1, 1], "two windows (3 + 1) batched, then the 4 sequential samples"
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert checks["batch_matches_sequential"].passed and checks["batch_matches_sequential"].metadata["compared"].value == 4
+    agreement = checks["batch_matches_sequential"]
+    assert agreement.passed and agreement.metadata["compared"].value == 4
     assert instance.get_materialized_partitions(dg.AssetKey("mesh_files")) == set(keys)
 
 

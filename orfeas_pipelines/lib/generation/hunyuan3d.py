@@ -25,8 +25,8 @@ sampler adds no noise after that, so an item's mesh does not depend on its batch
 
 Decoding uses the VAE's dense `VanillaVolumeDecoder`, which evaluates the (R+1)^3 grids of
 the whole batch together, chunk by chunk; the hierarchical and FlashVDM decoders assume a
-batch of one, so they are switched off. Surface extraction (hy3dgen's marching cubes) then runs per
-item, so an item without a surface becomes that item's error, not a batch failure.
+batch of one, so they are switched off. Surface extraction (hy3dgen's marching cubes) then
+runs per item, so an item without a surface becomes that item's error, not a batch failure.
 
 Frame: hy3dgen's meshes are already in the contract's frame: upright with +Y up (the XZ
 plane is their ground), and seen from the front by a camera on +Z looking along -Z with

@@ -79,7 +79,8 @@ def test_random_held_out_shapes_match_their_masks():
 
 
 def test_every_sizeable_part_becomes_a_body():
-    apart = np.maximum(shapes.disk((200, 120), centre=(60, 60), radius=45), shapes.disk((200, 120), centre=(150, 60), radius=25))
+    big = shapes.disk((200, 120), centre=(60, 60), radius=45)
+    apart = np.maximum(big, shapes.disk((200, 120), centre=(150, 60), radius=25))
     mesh = generate({"two": apart})["two"].mesh
     assert mesh_summary(mesh)["components"] == 2
     assert silhouette_iou(mesh, shapes.mask_of(apart)) >= 0.95
