@@ -1,4 +1,4 @@
-"""The code location: assets, checks, jobs, sensors, schedule and resources.
+"""The code location: assets, checks, the job, sensors, the drain schedule and resources.
 
 Loading this module must stay as cheap as `import dagster`: torch, the generators and
 the model load inside the resource when a run starts.
@@ -6,21 +6,20 @@ the model load inside the resource when a run starts.
 
 import dagster as dg
 
-from orfeas_pipelines.assets.meshes import generated_mesh, mesh_files, source_image
+from orfeas_pipelines.assets.meshes import mesh, source_image
 from orfeas_pipelines.jobs import mesh_job
 from orfeas_pipelines.resources.home import OrfeasHomeResource
 from orfeas_pipelines.resources.inference import MeshGeneratorResource
-from orfeas_pipelines.schedules.nightly import nightly_drain_and_verify
+from orfeas_pipelines.schedules.nightly import nightly_drain
 from orfeas_pipelines.sensors.intake import IntakeSettings, inbox_sensor
-from orfeas_pipelines.sensors.outbox import mesh_run_canceled, mesh_run_failed, mesh_run_succeeded
+from orfeas_pipelines.sensors.status import job_status_sensor
 
 defs = dg.Definitions(
-    assets=[source_image, generated_mesh, mesh_files],
+    assets=[source_image, mesh],
     jobs=[mesh_job],
-    sensors=[inbox_sensor, mesh_run_failed, mesh_run_succeeded, mesh_run_canceled],
-    schedules=[nightly_drain_and_verify],
-    # The three steps of a run are strictly sequential: one process per run, not per step,
-    # saves two interpreter starts (and two model loads) per run.
+    sensors=[inbox_sensor, job_status_sensor],
+    schedules=[nightly_drain],
+    # A run is one step: one process per run, and the model loads once per run.
     executor=dg.in_process_executor,
     resources={
         "orfeas_home": OrfeasHomeResource(),

@@ -2,12 +2,11 @@
 
 import dagster as dg
 
-from orfeas_pipelines.assets.meshes import generated_mesh, mesh_files, source_image
 from orfeas_pipelines.partitions import images_partitions
 
 mesh_job = dg.define_asset_job(
     "mesh_job",
-    selection=dg.AssetSelection.assets(source_image, generated_mesh, mesh_files),
+    selection=dg.AssetSelection.keys("mesh"),
     partitions_def=images_partitions,
-    description="Turns a range of image partitions into meshes in one batched run.",
+    description="Turns a range of image partitions into delivered meshes in one batched run.",
 )

@@ -1,6 +1,5 @@
 """Fixtures for the Dagster-layer tests: a temporary home with an agent, and a test instance."""
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +10,8 @@ from orfeas_pipelines.lib.home import OrfeasHome
 from orfeas_pipelines.lib.intake.registry import AgentPolicy, create_agent
 from orfeas_pipelines.lib.intake.submit import write_job
 from orfeas_pipelines.resources.home import OrfeasHomeResource
-from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake
+from orfeas_pipelines.runner import apply_sensor_result, tick_sensor
+from orfeas_pipelines.sensors.intake import IntakeSettings, inbox_sensor
 from orfeas_pipelines_tests import shapes
 from orfeas_pipelines_tests.lib.generation.tiny_hunyuan3d import build_tiny_hunyuan3d
 
@@ -68,11 +68,9 @@ def submit_images(home: OrfeasHome, agent: AgentPolicy, paths: list[Path], per_j
     ]
 
 
-def register_pending(home: OrfeasHome, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
-    """One intake tick through the sensor's own function, with its partitions added."""
-    result = evaluate_intake(
-        OrfeasHomeResource(root=str(home.root)), IntakeSettings(), cursor, instance, datetime.now(timezone.utc)
-    )
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+def register_pending(home: OrfeasHome, instance: dg.DagsterInstance, **settings) -> dg.SensorResult:
+    """One tick of the real inbox sensor with its stored cursor, applied as the daemon applies it."""
+    resources = {"orfeas_home": OrfeasHomeResource(root=str(home.root)), "intake_settings": IntakeSettings(**settings)}
+    result = tick_sensor(instance, inbox_sensor.name, resources)
+    apply_sensor_result(instance, inbox_sensor.name, result)
     return result

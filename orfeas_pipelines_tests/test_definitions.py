@@ -19,28 +19,27 @@ def test_loading_definitions_imports_no_heavy_module():
     assert loaded == ""
 
 
-def test_mesh_job_spans_the_three_partitioned_assets_with_single_run_backfills():
+def test_mesh_job_runs_the_one_mesh_step_over_image_ranges():
     job = defs.resolve_job_def("mesh_job")
-    keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
-    assert keys == {"source_image", "generated_mesh", "mesh_files"}
+    assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == {"mesh"}
     graph = defs.resolve_asset_graph()
-    for name in keys:
-        node = graph.get(dg.AssetKey(name))
-        assert node.partitions_def.name == "images"
-        assert node.backfill_policy == dg.BackfillPolicy.single_run()
-    assert graph.get(dg.AssetKey("generated_mesh")).pools == {"gpu"}
+    node = graph.get(dg.AssetKey("mesh"))
+    assert node.partitions_def.name == "images" and node.backfill_policy == dg.BackfillPolicy.single_run()
+    assert node.pools == {"gpu"}
+    assert graph.get(dg.AssetKey("source_image")).partitions_def.name == "images"
+    assert dg.AssetKey("source_image") in node.parent_keys
 
 
-def test_blocking_and_validity_checks_are_on_the_mesh_asset():
-    specs = {spec.name: spec for spec in defs.resolve_assets_def("generated_mesh").check_specs}
-    assert set(specs) == {"batch_matches_sequential", "meshes_are_valid"}
-    assert specs["batch_matches_sequential"].blocking
-    assert all(spec.description for spec in specs.values())
+def test_both_checks_are_per_image_partition_and_the_batch_check_blocks():
+    specs = {spec.name: spec for spec in defs.resolve_assets_def("mesh").check_specs}
+    assert set(specs) == {"batch_matches_sequential", "mesh_is_valid"}
+    assert specs["batch_matches_sequential"].blocking and not specs["mesh_is_valid"].blocking
+    assert all(spec.partitions_def.name == "images" and spec.description for spec in specs.values())
 
 
-def test_sensors_and_schedule_are_registered_and_running_by_default():
+def test_sensors_and_schedule_are_described_and_running_by_default():
     sensors = {sensor.name: sensor for sensor in defs.sensors}
-    assert set(sensors) == {"inbox_sensor", "mesh_run_failed", "mesh_run_succeeded", "mesh_run_canceled"}
-    assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in sensors.values())
+    assert set(sensors) == {"inbox_sensor", "job_status_sensor"}
+    assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.description for sensor in sensors.values())
     [schedule] = defs.schedules
-    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.description

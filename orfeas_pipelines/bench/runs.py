@@ -5,17 +5,17 @@ launcher does, so the per-run start cost that batching saves is part of the figu
 two modes use the same images, parameters and machine, in the same invocation.
 """
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from orfeas_pipelines.lib.home import OrfeasHome
 
-ASSETS = "source_image,generated_mesh,mesh_files"
+
 
 
 def bench_runs(jobs: int = 32, resolution: int = 64) -> dict:
@@ -43,8 +43,8 @@ def _time_mode(home: OrfeasHome, jobs: int, resolution: int, batched: bool) -> f
     from orfeas_pipelines.lib.intake.submit import write_job
     from orfeas_pipelines.lib.samples import sample_image_paths
     from orfeas_pipelines.resources.home import OrfeasHomeResource
-    from orfeas_pipelines.runner import open_instance
-    from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake
+    from orfeas_pipelines.runner import apply_sensor_result, open_instance, tick_sensor
+    from orfeas_pipelines.sensors.intake import IntakeSettings, inbox_sensor
 
     agent = create_agent(home.agents_file, "bench", rate_per_minute=100_000, max_images=1)
     samples = sample_image_paths()
@@ -52,19 +52,19 @@ def _time_mode(home: OrfeasHome, jobs: int, resolution: int, batched: bool) -> f
         write_job(home, [samples[index % len(samples)]], agent.agent_id, agent.secret, resolution=resolution)
         for index in range(jobs)
     ]
+    orfeas_home = OrfeasHomeResource(root=str(home.root))
     with open_instance(home) as instance:
-        result = evaluate_intake(
-            OrfeasHomeResource(root=str(home.root)), IntakeSettings(), None, instance, datetime.now(timezone.utc)
-        )
+        resources = {"orfeas_home": orfeas_home, "intake_settings": IntakeSettings()}
+        result = tick_sensor(instance, inbox_sensor.name, resources)
+        apply_sensor_result(instance, inbox_sensor.name, result)
         keys = list(result.dynamic_partitions_requests[0].partition_keys)
-        instance.add_dynamic_partitions("images", keys)
-    environment = {**os.environ, "ORFEAS_HOME": str(home.root), "DAGSTER_HOME": str(home.dagster_home)}
+    environment = {**os.environ, "DAGSTER_HOME": str(home.dagster_home)}
     selections = [["--partition-range", f"{keys[0]}...{keys[-1]}"]] if batched else [["--partition", key] for key in keys]
     started = time.perf_counter()
     for selection in selections:
         subprocess.run(
             [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orfeas_pipelines.definitions",
-             "--select", ASSETS, *selection],
+             "--select", "mesh", "--config-json", json.dumps(orfeas_home.run_config()), *selection],
             env=environment,
             check=True,
             capture_output=True,

@@ -27,6 +27,7 @@ class BatchReport:
     """What one forward pass cost, recorded as run metadata."""
 
     batch_size: int
+    keys: tuple[str, ...]
     seconds: float
     peak_memory_bytes: int
     device: str
@@ -103,7 +104,7 @@ def generate_in_batches(
                 if size == 1:
                     index, request = chunk[0]
                     results[index] = GenerationResult(
-                        key=request.key, error=f"{request.key}: out of memory even at batch size 1"
+                        key=request.key, error=f"{request.key}: out of memory even at batch size 1", retryable=True
                     )
                     start += 1
                     continue
@@ -145,6 +146,7 @@ def _run_batch(
         on_batch(
             BatchReport(
                 batch_size=len(batch),
+                keys=tuple(request.key for request in batch),
                 seconds=seconds,
                 peak_memory_bytes=_peak_memory_bytes(generator.device.type),
                 device=str(generator.device),

@@ -1,13 +1,13 @@
 """Telling whether two meshes are the same shape, and how well a mesh matches its mask.
 
-Used by the batch-versus-sequential asset check and benchmark: the same images through
-batch size N and batch size 1 must give the same meshes.
+Used by the blocking batch check and the generator benchmark: an image must give the same
+mesh whatever batch it is generated in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import trimesh
@@ -31,20 +31,6 @@ halves the sampling noise of the nearest-neighbour distances."""
 SILHOUETTE_SUPERSAMPLE = 4
 
 
-@dataclass
-class BatchAgreement:
-    """How many keys gave the same mesh batched and one by one."""
-
-    matched: int
-    compared: int
-    distances: dict[str, float | None]
-    passed: bool
-
-    @property
-    def fraction(self) -> float:
-        return self.matched / self.compared if self.compared else 1.0
-
-
 def chamfer_distance(a: trimesh.Trimesh, b: trimesh.Trimesh, samples: int = 4096) -> float:
     """Symmetric Chamfer distance between two surfaces, relative to the diagonal of their
     joint bounding box. Deterministic: surfaces are sampled with a fixed seed."""
@@ -62,28 +48,74 @@ def chamfer_distance(a: trimesh.Trimesh, b: trimesh.Trimesh, samples: int = 4096
     return float((a_to_b + b_to_a) / 2 / diagonal)
 
 
+def same_mesh(batched: trimesh.Trimesh | None, again: trimesh.Trimesh | None) -> tuple[float | None, str | None]:
+    """(Chamfer distance, None) when two runs of one image gave the same mesh, else the reason.
+
+    A mesh on one side only is a mismatch; so is no mesh on either side, since nothing was
+    compared (the check samples only images whose batched run produced a mesh).
+    """
+    if batched is None or again is None:
+        side = "either run" if batched is None and again is None else ("the batched run" if batched is None else "the re-run")
+        return None, f"no mesh from {side}"
+    distance = chamfer_distance(batched, again)
+    if distance > MATCH_THRESHOLD:
+        return distance, f"Chamfer distance {distance:.4f} over the threshold {MATCH_THRESHOLD}"
+    return distance, None
+
+
+@dataclass
+class BatchAgreement:
+    """How many keys gave the same mesh batched and one by one."""
+
+    matched: int
+    compared: int
+    distances: dict[str, float | None]
+    passed: bool
+
+    @property
+    def fraction(self) -> float:
+        return self.matched / self.compared if self.compared else 1.0
+
+
 def compare_batch_to_sequential(
     batch: Mapping[str, trimesh.Trimesh | None],
     sequential: Mapping[str, trimesh.Trimesh | None],
-    threshold: float = MATCH_THRESHOLD,
     required_fraction: float = 0.99,
 ) -> BatchAgreement:
-    """Match meshes key by key. Both failing counts as a match (the same outcome); one
-    failing is a mismatch. Passes when strictly more than `required_fraction` match."""
+    """Match meshes key by key with `same_mesh`; passes when strictly more than
+    `required_fraction` match. Nothing compared is no evidence, so it does not pass."""
     distances: dict[str, float | None] = {}
     matched = 0
     keys = sorted(set(batch) | set(sequential))
     for key in keys:
-        first, second = batch.get(key), sequential.get(key)
-        if first is None or second is None:
-            distances[key] = None
-            matched += first is None and second is None
-            continue
-        distances[key] = chamfer_distance(first, second)
-        matched += distances[key] <= threshold
-    compared = len(keys)
-    fraction = matched / compared if compared else 1.0
-    return BatchAgreement(matched=matched, compared=compared, distances=distances, passed=fraction > required_fraction)
+        distances[key], reason = same_mesh(batch.get(key), sequential.get(key))
+        matched += reason is None
+    passed = bool(keys) and matched / len(keys) > required_fraction
+    return BatchAgreement(matched=matched, compared=len(keys), distances=distances, passed=passed)
+
+
+def recheck_sample(batches: Sequence[Sequence[str]], count: int) -> list[str]:
+    """Up to `count` keys drawn across batches and batch positions.
+
+    The i-th pick takes the batch at an even spread through the window and, in it, the
+    position i (wrapping), so the sample covers first, middle and last positions as well as
+    early and late batches. A batch of one image is sequential by construction and never
+    sampled; nor is a window with fewer than two images to compare.
+    """
+    candidates = [list(batch) for batch in batches if len(batch) > 1]
+    if count <= 0 or not candidates:
+        return []
+    picks: list[str] = []
+    total = sum(len(batch) for batch in candidates)
+    for index in range(min(count, total)):
+        batch = candidates[(index * len(candidates)) // min(count, total)]
+        position = index % len(batch)
+        for offset in range(len(batch)):
+            key = batch[(position + offset) % len(batch)]
+            if key not in picks:
+                picks.append(key)
+                break
+    return picks
 
 
 def silhouette_iou(mesh: trimesh.Trimesh, mask: np.ndarray) -> float:

@@ -14,3 +14,7 @@ class OrfeasHomeResource(dg.ConfigurableResource):
     def home(self) -> OrfeasHome:
         """An empty root means `$ORFEAS_HOME`, else `./orfeas_data`."""
         return OrfeasHome.at(self.root or None).ensure()
+
+    def run_config(self) -> dict:
+        """Run config that gives a run this home explicitly, whatever its process's environment."""
+        return {"resources": {"orfeas_home": {"config": {"root": str(self.home.root)}}}}

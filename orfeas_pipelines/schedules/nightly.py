@@ -1,39 +1,73 @@
-"""The nightly schedule: drain what is still undelivered and re-verify recent meshes."""
+"""The drain: range runs over every image that is neither delivered nor failed for good.
 
+Dagster's status decides: an image is delivered when its `mesh` partition is materialized,
+and failed for good when its latest `mesh_is_valid` check failed. Everything else that no
+run is working on now (a run that crashed, was canceled, ran out of retries, or was never
+launched) is drained. The nightly schedule runs it for the daemon; `orfeas process` runs it
+after each intake tick, so a user without the daemon recovers too.
+"""
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from orfeas_pipelines.assets.meshes import MESH, VALID_CHECK
 from orfeas_pipelines.jobs import mesh_job
-from orfeas_pipelines.sensors.intake import MAX_IMAGES_PER_RUN, RANGE_END_TAG, RANGE_START_TAG
+from orfeas_pipelines.partitions import images_partitions, range_tags
+from orfeas_pipelines.resources.home import OrfeasHomeResource
+from orfeas_pipelines.sensors.intake import MAX_IMAGES_PER_RUN
+from orfeas_pipelines.sensors.status import run_partition_keys, touches_images
 
-REVERIFY_IMAGES = 32
+ACTIVE_RUN_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
-def nightly_run_requests(
-    partition_keys: list[str], delivered: set[str], day: str, reverify_images: int = REVERIFY_IMAGES
-) -> list[dg.RunRequest]:
-    """Range runs over every undelivered stretch, plus one over the latest delivered images.
+def drain_keys(instance: dg.DagsterInstance) -> list[str]:
+    """Image partitions, in partition order, that the drain should run."""
+    keys = instance.get_dynamic_partitions(images_partitions.name)
+    delivered = instance.get_materialized_partitions(MESH)
+    undelivered = [key for key in keys if key not in delivered]
+    if not undelivered:
+        return []
+    check = dg.AssetCheckKey(MESH, VALID_CHECK)
+    failed = {
+        info.partition_key
+        for info in instance.event_log_storage.get_asset_check_partition_info([check], partition_keys=undelivered)
+        if info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED
+    }
+    busy = set()
+    for run in instance.get_runs(dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES)):
+        if touches_images(instance, run):
+            busy.update(run_partition_keys(instance, run, keys))
+    return [key for key in undelivered if key not in failed and key not in busy]
 
-    Re-running delivered images re-evaluates the blocking batch-vs-sequential check and the
-    validity check on them; generation is deterministic, so their files come out the same.
-    """
+
+def drain_requests(instance: dg.DagsterInstance, orfeas_home: OrfeasHomeResource, run_key_prefix: str) -> list[dg.RunRequest]:
+    """One range run per contiguous stretch of drainable partitions, at most MAX_IMAGES_PER_RUN each."""
+    drainable = set(drain_keys(instance))
     requests = []
-    for stretch in _stretches(partition_keys, lambda key: key not in delivered):
+    for stretch in _stretches(instance.get_dynamic_partitions(images_partitions.name), drainable):
         for start in range(0, len(stretch), MAX_IMAGES_PER_RUN):
             chunk = stretch[start : start + MAX_IMAGES_PER_RUN]
-            requests.append(_range_request(f"drain-{day}-{chunk[0]}", chunk, "drain"))
-    delivered_stretches = _stretches(partition_keys, lambda key: key in delivered)
-    if delivered_stretches and reverify_images > 0:
-        latest = delivered_stretches[-1][-reverify_images:]
-        requests.append(_range_request(f"reverify-{day}", latest, "reverify"))
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{run_key_prefix}-{chunk[0]}",
+                    run_config=orfeas_home.run_config(),
+                    tags={**range_tags(chunk), "orfeas/purpose": "drain"},
+                )
+            )
     return requests
 
 
-def _stretches(keys: list[str], keep) -> list[list[str]]:
-    """Maximal runs of consecutive keys (in partition order) for which `keep` holds."""
+def _stretches(keys: list[str], keep: set[str]) -> list[list[str]]:
+    """Maximal runs of consecutive keys (in partition order) that are in `keep`."""
     stretches, current = [], []
     for key in keys:
-        if keep(key):
+        if key in keep:
             current.append(key)
         elif current:
             stretches.append(current)
@@ -43,25 +77,15 @@ def _stretches(keys: list[str], keep) -> list[list[str]]:
     return stretches
 
 
-def _range_request(run_key: str, keys: list[str], purpose: str) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=run_key,
-        tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1], "orfeas/purpose": purpose},
-    )
-
-
 @dg.schedule(
     cron_schedule="0 2 * * *",
     job=mesh_job,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every night at 02:00 UTC: range runs over the images that are neither delivered "
+    "nor failed for good and that no run is working on (crashed, canceled or out-of-retries "
+    "runs). Failures a retry can fix are retried at once by run retries; this catches the rest.",
 )
-def nightly_drain_and_verify(context: dg.ScheduleEvaluationContext):
-    """Every night at 02:00 UTC: finish images whose runs failed or never ran, and re-check
-    the most recent batch of delivered meshes against sequential generation."""
-    instance = context.instance
-    keys = instance.get_dynamic_partitions("images")
-    delivered = instance.get_materialized_partitions(dg.AssetKey("mesh_files"))
+def nightly_drain(context: dg.ScheduleEvaluationContext, orfeas_home: OrfeasHomeResource):
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    requests = nightly_run_requests(keys, delivered, day)
-    return requests or dg.SkipReason("no images registered yet")
+    return drain_requests(context.instance, orfeas_home, f"drain-{day}") or dg.SkipReason("every image is delivered or failed for good")

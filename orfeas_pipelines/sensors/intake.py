@@ -1,31 +1,25 @@
 """The inbox sensor: verify dropped jobs, register their images, request one batched run.
 
 Intake moves accepted jobs to `jobs/` and appends their images to a durable ledger. The
-cursor is the last ledger sequence number whose images were registered, so it never
+sensor's cursor is the last ledger sequence number whose images it registered, so it never
 grows, and a tick that fails after intake loses nothing: the next tick registers the same
-ledger rows again, and the run key stops a second launch.
-
-The daemon's sensor and `orfeas process` share one high-water mark in the instance's
-key-value store, so neither registers what the other already ran. Only committed cursors
-are written there (the one a tick starts from, or one whose runs have executed), so a
-failed tick can make a run repeat, never lose an image.
+ledger rows again, and the run key stops a second launch. `orfeas process` evaluates this
+same sensor with the same stored cursor (`runner.tick_sensor`), so there is one cursor.
 """
 
 
+import dataclasses
 import logging
 from datetime import datetime, timezone
 
 import dagster as dg
 
 from orfeas_pipelines.jobs import mesh_job
-from orfeas_pipelines.partitions import images_partitions, job_id_of
+from orfeas_pipelines.partitions import images_partitions, job_id_of, range_tags
 from orfeas_pipelines.resources.home import OrfeasHomeResource
 
 MAX_JOBS_PER_TICK = 500
 MAX_IMAGES_PER_RUN = 2000
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-REGISTERED_SEQ_KEY = "orfeas/registered_image_seq"
 MAX_LOGGED_REJECTIONS = 50
 
 
@@ -37,37 +31,25 @@ class IntakeSettings(dg.ConfigurableResource):
     window_seconds: int = 600
 
 
-def registered_seq(instance: dg.DagsterInstance) -> int:
-    """The last ledger sequence number whose images have a run, by whichever path ran them."""
-    value = instance.run_storage.get_cursor_values({REGISTERED_SEQ_KEY}).get(REGISTERED_SEQ_KEY)
-    return int(value or 0)
-
-
-def record_registered_seq(instance: dg.DagsterInstance, seq: int) -> None:
-    if seq > registered_seq(instance):
-        instance.run_storage.set_cursor_values({REGISTERED_SEQ_KEY: str(seq)})
-
-
 def evaluate_intake(
     orfeas_home: OrfeasHomeResource,
     settings: IntakeSettings,
     cursor: str | None,
-    instance: dg.DagsterInstance,
     now: datetime | None = None,
     log: logging.Logger | None = None,
 ) -> dg.SensorResult:
     """One tick: intake, then register the next ledger images and request their range run.
 
-    The tick's counts and each rejection go to `log` (the sensor's tick log in the UI), so a
-    quarantined drop is visible there too, not only in `audit.log` and `quarantine/`.
+    The registered images are reported as `source_image` materializations carrying what
+    intake verified; the run carries the home in its resource config. The tick's counts and
+    each rejection go to `log` (the tick log in the UI) and to the skip reason.
     """
     from orfeas_pipelines.lib.intake.inbox import process_inbox
     from orfeas_pipelines.lib.intake.ledger import IntakeLedger
     from orfeas_pipelines.lib.intake.registry import AgentRegistry
 
     home = orfeas_home.home
-    after = max(int(cursor or 0), registered_seq(instance))
-    record_registered_seq(instance, after)
+    after = int(cursor or 0)
     with IntakeLedger(home.state / "intake.sqlite") as ledger:
         outcome = process_inbox(
             home,
@@ -90,19 +72,29 @@ def evaluate_intake(
     first, last = pending[0].seq, pending[-1].seq
     return dg.SensorResult(
         dynamic_partitions_requests=[images_partitions.build_add_request(keys)],
+        asset_events=[
+            dg.AssetMaterialization("source_image", partition=image.partition_key, metadata=_facts(image))
+            for image in pending
+        ],
         run_requests=[
             dg.RunRequest(
                 run_key=f"images-{first}-{last}",
+                run_config=orfeas_home.run_config(),
                 tags={
-                    RANGE_START_TAG: keys[0],
-                    RANGE_END_TAG: keys[-1],
+                    **range_tags(keys),
                     "orfeas/images": str(len(keys)),
                     "orfeas/jobs": str(len({job_id_of(key) for key in keys})),
+                    "orfeas/intake": summary,
                 },
             )
         ],
         cursor=str(last),
     )
+
+
+def _facts(image) -> dict:
+    """What intake verified about an image, as source_image metadata."""
+    return {name: value for name, value in dataclasses.asdict(image).items() if name not in ("partition_key", "seq")}
 
 
 def _log_outcome(log: logging.Logger, outcome, summary: str) -> None:
@@ -134,6 +126,9 @@ def _whole_jobs(images: list, limit: int) -> list:
     job=mesh_job,
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Verifies the signed jobs agents drop in inbox/, registers their images as "
+    "partitions and requests one batched range run over them per tick. A tick that rejected "
+    "drops says so in its skip reason and log.",
 )
 def inbox_sensor(
     context: dg.SensorEvaluationContext, orfeas_home: OrfeasHomeResource, intake_settings: IntakeSettings
@@ -143,4 +138,4 @@ def inbox_sensor(
     Accepted jobs move to `jobs/`, rejected ones to `quarantine/` with a reason, rate-limited
     ones wait in `inbox/`; every decision is a line in `audit.log`.
     """
-    return evaluate_intake(orfeas_home, intake_settings, context.cursor, context.instance, log=context.log)
+    return evaluate_intake(orfeas_home, intake_settings, context.cursor, log=context.log)

@@ -1,19 +1,23 @@
-"""The three assets through real range runs: one run, many partitions, batched generation."""
+"""The mesh asset through real range runs: Dagster's partition status is the truth per image."""
 
-import hashlib
+import logging
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 import trimesh
+from PIL import Image
 
-from orfeas_pipelines.assets.meshes import generated_mesh, mesh_files, source_image
+from orfeas_pipelines.assets.meshes import BATCH_CHECK, MESH, VALID_CHECK, mesh
 from orfeas_pipelines.definitions import defs
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines.lib.generation.base import register_generator
 from orfeas_pipelines.lib.generation.inflate import InflateGenerator
 from orfeas_pipelines.resources.home import OrfeasHomeResource
 from orfeas_pipelines.resources.inference import Hunyuan3DSettings, MeshGeneratorResource
+from orfeas_pipelines.schedules.nightly import drain_keys
+from orfeas_pipelines.sensors.status import settle_run
 from orfeas_pipelines_tests.conftest import register_pending, submit_images
 
 
@@ -29,124 +33,118 @@ class BatchSensitiveGenerator(InflateGenerator):
         return results
 
 
+class LeakingGenerator(InflateGenerator):
+    """Item i of a batch gets item i-1's colour and shape offset: a leak between neighbours only."""
+
+    def generate(self, requests):
+        results = super().generate(requests)
+        for previous, result in zip(results, results[1:]):
+            if previous.mesh is not None and result.mesh is not None:
+                result.mesh.apply_translation([0.05 * len(previous.mesh.faces) / max(1, len(result.mesh.faces)), 0, 0])
+        return results
+
+
 register_generator("batch_sensitive", BatchSensitiveGenerator)
+register_generator("leaking", LeakingGenerator)
 
 
-def run_range(
-    instance, keys, generator="inflate", batch_size=None, raise_on_error=True, run_config=None, **generator_config
-):
+def run_range(instance, keys, generator="inflate", batch_size=None, run_config=None, **generator_config):
     return dg.materialize(
-        [source_image, generated_mesh, mesh_files],
+        [mesh],
         instance=instance,
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
         resources={
             "orfeas_home": OrfeasHomeResource(),
-            "mesh_generator": MeshGeneratorResource(
-                backend=generator, device="cpu", batch_size=batch_size, **generator_config
-            ),
+            "mesh_generator": MeshGeneratorResource(backend=generator, device="cpu", batch_size=batch_size, **generator_config),
         },
-        raise_on_error=raise_on_error,
+        raise_on_error=False,
         run_config=run_config,
     )
 
 
-def latest_metadata(instance, asset, partition_key):
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition_key]), limit=1
-    ).records
-    return records[0].asset_materialization.metadata
+def check_results(instance, check_name, keys):
+    infos = instance.event_log_storage.get_asset_check_partition_info([dg.AssetCheckKey(MESH, check_name)], partition_keys=keys)
+    return {info.partition_key: info.latest_execution_status.value for info in infos}
 
 
-def test_one_range_run_materializes_every_partition_and_delivers(home, agent, instance, image_files):
+def blank_png(path: Path) -> Path:
+    Image.fromarray(np.full((64, 64, 4), 255, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_one_range_run_delivers_and_materializes_every_partition(home, agent, instance, image_files):
     job_ids = submit_images(home, agent, image_files, per_job=2)
-    sensor_result = register_pending(home, instance)
-    keys = list(sensor_result.dynamic_partitions_requests[0].partition_keys)
-    assert len(keys) == 4
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    assert len(keys) == 4 and instance.get_materialized_partitions(dg.AssetKey("source_image")) == set(keys)
 
     result = run_range(instance, keys, batch_size=4)
 
     assert result.success
-    for asset in ("source_image", "generated_mesh", "mesh_files"):
-        assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(keys)
-    checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
-    assert checks["batch_matches_sequential"].passed
-    assert checks["meshes_are_valid"].passed
-    assert checks["batch_matches_sequential"].metadata["compared"].value == 4
-    batches = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("generated_mesh")]
-    assert "| 4 |" in batches[0].materialization.metadata["run_batches"].value
+    assert instance.get_materialized_partitions(MESH) == set(keys)
+    assert set(check_results(instance, VALID_CHECK, keys).values()) == {"SUCCEEDED"}
+    sampled = [e for e in result.get_asset_check_evaluations() if e.check_name == BATCH_CHECK]
+    assert len(sampled) == 1 and sampled[0].passed and sampled[0].partition in keys
     for job_id in job_ids:
         status = outbox.read_status(home, job_id)
-        assert status["state"] == "succeeded"
+        assert status["state"] == "succeeded" and status["progress"] == 100
         assert status["run_ids"] == [result.run_id]
         for image in status["images"]:
-            assert set(image["outputs"]) == {"stl", "ply"}
-            assert image["metrics"]["valid"] is True and image["metrics"]["faces"] > 0
-            mesh = trimesh.load(home.outbox / job_id / image["outputs"]["stl"], force="mesh")
-            assert mesh.is_watertight and len(mesh.faces) > 0
+            assert set(image["outputs"]) == {"stl", "ply"} and image["metrics"]["faces"] > 0
+            assert trimesh.load(home.outbox / job_id / image["outputs"]["stl"], force="mesh").is_watertight
             assert (home.outbox / job_id / f"{Path(image['file']).stem}.png").exists()
 
 
-def test_per_partition_metadata_names_each_image(home, agent, instance, image_files):
-    submit_images(home, agent, image_files[:2])
+def test_failed_images_are_not_materialized_and_fail_their_own_check(home, agent, instance, image_files, tmp_path):
+    paths = [image_files[0], blank_png(tmp_path / "blank.png"), image_files[1], image_files[2]]
+    job_ids = submit_images(home, agent, paths)
     keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
-    run_range(instance, keys)
-    for key in keys:
-        metadata = latest_metadata(instance, "source_image", key)
-        assert metadata["sha256"].value == hashlib.sha256((home.jobs / key).read_bytes()).hexdigest()
-        assert latest_metadata(instance, "generated_mesh", key)["vertices"].value > 0
-
-
-def test_blocking_check_fails_when_batch_differs_from_sequential(home, agent, instance, image_files):
-    job_ids = submit_images(home, agent, image_files[:3])
-    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
-
-    result = run_range(instance, keys, generator="batch_sensitive", batch_size=3, raise_on_error=False)
-
-    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "batch_matches_sequential")
-    assert not check.passed
-    distances = check.metadata["distances"].value
-    assert set(distances) == set(keys) and all(d > 0.01 for d in distances.values())
-    assert not instance.get_materialized_partitions(dg.AssetKey("mesh_files")), "blocked check must stop delivery"
-    assert all(outbox.read_status(home, job_id)["state"] == "running" for job_id in job_ids)
-
-
-def test_a_failed_image_fails_only_itself(home, agent, instance, image_files):
-    job_ids = submit_images(home, agent, image_files[:3])
-    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
-    (home.jobs / keys[1]).write_bytes(b"corrupted after intake")
+    (home.jobs / keys[2]).write_bytes(b"corrupted after intake")
+    instance.add_dynamic_partitions("images", ["ghost-job/missing.png"])
+    keys.append("ghost-job/missing.png")
 
     result = run_range(instance, keys)
 
     assert result.success
+    good = {keys[0], keys[3]}
+    assert instance.get_materialized_partitions(MESH) == good
+    checks = check_results(instance, VALID_CHECK, keys)
+    assert {key for key, state in checks.items() if state == "SUCCEEDED"} == good
+    assert {key for key, state in checks.items() if state == "FAILED"} == set(keys) - good
     states = [outbox.read_status(home, job_id)["state"] for job_id in job_ids]
-    assert states == ["succeeded", "failed", "succeeded"]
-    failed = outbox.read_status(home, job_ids[1])["images"][0]
-    assert "not a decodable image" in failed["error"]
-    validity = next(e for e in result.get_asset_check_evaluations() if e.check_name == "meshes_are_valid")
-    assert not validity.passed and keys[1] in validity.metadata["invalid"].value
+    assert states == ["succeeded", "failed", "failed", "succeeded"]
+    assert "no foreground" in outbox.read_status(home, job_ids[1])["images"][0]["error"]
+    assert "not a decodable image" in outbox.read_status(home, job_ids[2])["images"][0]["error"]
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id) if entry.level == logging.ERROR]
+    assert all(any(line.startswith(key) for line in logged) for key in set(keys) - good), logged
+    assert drain_keys(instance) == [], "failed for good: the drain leaves them"
 
 
-def test_out_of_memory_halves_the_batch_inside_a_run(home, agent, instance, image_files, monkeypatch):
-    submit_images(home, agent, image_files)
+def test_blocking_check_fails_a_batch_sensitive_generator_and_delivers_nothing(home, agent, instance, image_files):
+    job_ids = submit_images(home, agent, image_files[:3])
     keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
-    original = InflateGenerator.generate
 
-    def generate_fitting_two(self, requests):
-        if len(requests) > 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(self, requests)
+    result = run_range(instance, keys, generator="batch_sensitive", batch_size=3)
 
-    monkeypatch.setattr(InflateGenerator, "generate", generate_fitting_two)
-    result = run_range(instance, keys, batch_size=4)
-
-    assert result.success
-    event = next(e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("generated_mesh"))
-    table = event.materialization.metadata["run_batches"].value
-    assert table.count("| 2 |") == 2 and "| 4 |" not in table and "True" in table
-    assert instance.get_materialized_partitions(dg.AssetKey("mesh_files")) == set(keys)
+    assert not result.success
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == BATCH_CHECK]
+    assert not check.passed and check.metadata["chamfer"].value > 0.01
+    assert not instance.get_materialized_partitions(MESH), "a failed blocking check stops delivery"
+    run = instance.get_run_by_id(result.run_id)
+    settle_run(instance, run, home, keys)
+    for job_id in job_ids:
+        image = outbox.read_status(home, job_id)["images"][0]
+        assert image["state"] == "failed" and "blocking asset check" in image["error"]
 
 
-def test_a_range_streams_through_memory_a_window_at_a_time(home, agent, instance, image_files, monkeypatch):
+def test_the_recheck_catches_a_leak_between_neighbours_only(home, agent, instance, image_files):
+    submit_images(home, agent, image_files * 2)
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    result = run_range(instance, keys, generator="leaking", batch_size=8, run_config={"ops": {"mesh": {"config": {"recheck_fraction": 0.5}}}})
+    assert not result.success
+    assert any(not e.passed for e in result.get_asset_check_evaluations() if e.check_name == BATCH_CHECK)
+
+
+def test_the_check_passes_a_correct_generator_without_regenerating_a_small_run(home, agent, instance, image_files, monkeypatch):
     submit_images(home, agent, image_files)
     keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
     held = []
@@ -157,14 +155,72 @@ def test_a_range_streams_through_memory_a_window_at_a_time(home, agent, instance
         return original(self, requests)
 
     monkeypatch.setattr(InflateGenerator, "generate", generate_and_record)
-    result = run_range(instance, keys, run_config={"ops": {"generated_mesh": {"config": {"images_in_memory": 3}}}})
+    result = run_range(instance, keys, run_config={"ops": {"mesh": {"config": {"images_in_memory": 3}}}})
 
     assert result.success
-    assert held == [3, 1, 1, 1, 1, 1], "two windows (3 + 1) batched, then the 4 sequential samples"
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    agreement = checks["batch_matches_sequential"]
-    assert agreement.passed and agreement.metadata["compared"].value == 4
-    assert instance.get_materialized_partitions(dg.AssetKey("mesh_files")) == set(keys)
+    assert held == [3, 1, 1], "window of 3 and its one-image re-check; a window of one needs no re-check"
+    assert instance.get_materialized_partitions(MESH) == set(keys)
+
+
+def test_an_image_a_retry_can_fix_fails_the_run_and_the_drain_delivers_it(home, agent, instance, image_files, tmp_path, monkeypatch):
+    job_ids = submit_images(home, agent, [*image_files[:3], blank_png(tmp_path / "blank.png")])
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    original = InflateGenerator.generate
+    poisoned = keys[1]
+
+    def out_of_memory_for_one(self, requests):
+        if any(request.key == poisoned for request in requests):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, requests)
+
+    monkeypatch.setattr(InflateGenerator, "generate", out_of_memory_for_one)
+    result = run_range(instance, keys, batch_size=4)
+
+    assert not result.success, "a failure a retry can fix fails the run, so run retries see it"
+    assert instance.get_materialized_partitions(MESH) == {keys[0], keys[2]}
+    settle_run(instance, instance.get_run_by_id(result.run_id), home, keys)
+    assert outbox.read_status(home, job_ids[1])["state"] == "failed"
+    assert drain_keys(instance) == [poisoned], "the transient failure is drained, the blank image is not"
+
+    monkeypatch.setattr(InflateGenerator, "generate", original)
+    again = run_range(instance, drain_keys(instance))
+    assert again.success
+    settle_run(instance, instance.get_run_by_id(again.run_id), home, [poisoned])
+    assert [outbox.read_status(home, job_id)["state"] for job_id in job_ids] == ["succeeded", "succeeded", "succeeded", "failed"]
+    assert drain_keys(instance) == []
+
+
+def test_out_of_memory_halves_the_batch_inside_a_run(home, agent, instance, image_files, monkeypatch):
+    submit_images(home, agent, image_files)
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    original = InflateGenerator.generate
+    sizes = []
+
+    def generate_fitting_two(self, requests):
+        if len(requests) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        sizes.append(len(requests))
+        return original(self, requests)
+
+    monkeypatch.setattr(InflateGenerator, "generate", generate_fitting_two)
+    result = run_range(instance, keys, batch_size=4)
+
+    assert result.success
+    assert sizes[:2] == [2, 2]
+    assert instance.get_materialized_partitions(MESH) == set(keys)
+
+
+def test_a_retried_run_does_not_deliver_twice(home, agent, instance, image_files):
+    job_ids = submit_images(home, agent, image_files[:2])
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    first = run_range(instance, keys)
+    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1],
+            "dagster/root_run_id": first.run_id, "dagster/parent_run_id": first.run_id}
+    retry = defs.resolve_job_def("mesh_job").execute_in_process(instance=instance, tags=tags)
+    assert retry.success
+    delivered = [record.run_id for record in instance.fetch_materializations(MESH, limit=10).records]
+    assert delivered == [first.run_id] * 2
+    assert all(outbox.read_status(home, job_id)["run_ids"] == [first.run_id] for job_id in job_ids)
 
 
 def test_mesh_job_in_definitions_covers_a_range_in_one_run(home, agent, instance, image_files):
@@ -172,16 +228,14 @@ def test_mesh_job_in_definitions_covers_a_range_in_one_run(home, agent, instance
     sensor_result = register_pending(home, instance)
     request = sensor_result.run_requests[0]
     job = defs.resolve_job_def("mesh_job")
-    result = job.execute_in_process(instance=instance, tags=request.tags)
+    result = job.execute_in_process(instance=instance, tags=request.tags, run_config=request.run_config)
     assert result.success
     assert len(instance.get_runs()) == 1
-    assert instance.get_materialized_partitions(dg.AssetKey("mesh_files")) == set(
-        sensor_result.dynamic_partitions_requests[0].partition_keys
-    )
+    assert instance.get_materialized_partitions(MESH) == set(sensor_result.dynamic_partitions_requests[0].partition_keys)
 
 
 @pytest.mark.slow
-def test_hunyuan3d_backend_selected_by_config_runs_the_same_assets(
+def test_hunyuan3d_backend_selected_by_config_runs_the_same_asset(
     home, agent, instance, image_files, tiny_hunyuan3d_model_path, monkeypatch
 ):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -197,24 +251,8 @@ def test_hunyuan3d_backend_selected_by_config_runs_the_same_assets(
     )
 
     assert result.success
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert checks["batch_matches_sequential"].passed
-    assert checks["batch_matches_sequential"].metadata["compared"].value == 3
-    mesh_event = next(e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("generated_mesh"))
-    assert mesh_event.materialization.metadata["backend"].value == "hunyuan3d"
-    assert "| 3 |" in mesh_event.materialization.metadata["run_batches"].value
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == BATCH_CHECK]
+    assert check.passed
+    assert instance.get_materialized_partitions(MESH) == set(keys)
     delivered = [outbox.read_status(home, job_id)["state"] for job_id in job_ids]
     assert delivered == ["succeeded"] * 3, delivered
-
-
-def test_a_partition_without_an_accepted_job_fails_only_itself(home, agent, instance, image_files):
-    [job_id] = submit_images(home, agent, image_files[:1])
-    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
-    instance.add_dynamic_partitions("images", ["ghost-job/missing.png"])
-
-    result = run_range(instance, [*keys, "ghost-job/missing.png"])
-
-    assert result.success
-    assert outbox.read_status(home, job_id)["state"] == "succeeded"
-    ghost = latest_metadata(instance, "mesh_files", "ghost-job/missing.png")
-    assert ghost["state"].value == "failed" and "ghost-job" in ghost["error"].value

@@ -6,6 +6,8 @@ from orfeas_pipelines.lib.compare import (
     MATCH_THRESHOLD,
     chamfer_distance,
     compare_batch_to_sequential,
+    recheck_sample,
+    same_mesh,
     silhouette,
     silhouette_iou,
 )
@@ -48,24 +50,39 @@ def test_chamfer_refuses_an_empty_mesh(blob):
         chamfer_distance(blob, trimesh.Trimesh())
 
 
-def test_batch_agreement_counts_failures_on_both_sides_as_matches(blob):
+def test_no_mesh_on_either_side_is_never_a_match(blob):
     moved = blob.copy().apply_translation([1, 0, 0])
     agreement = compare_batch_to_sequential(
         {"a": blob, "b": None, "c": blob, "d": None},
         {"a": blob.copy(), "b": None, "c": moved, "d": blob},
     )
-    assert (agreement.matched, agreement.compared) == (2, 4)
+    assert (agreement.matched, agreement.compared) == (1, 4)
     assert agreement.distances["a"] == 0.0 and agreement.distances["b"] is None
     assert agreement.distances["c"] > MATCH_THRESHOLD and agreement.distances["d"] is None
-    assert agreement.fraction == 0.5 and not agreement.passed
+    assert same_mesh(None, None) == (None, "no mesh from either run")
+    assert same_mesh(blob, None)[1] == "no mesh from the re-run"
+    assert not agreement.passed
 
 
 def test_batch_agreement_needs_strictly_more_than_the_required_fraction(blob):
-    batch = {f"k{index}": None for index in range(100)}
-    sequential = dict(batch, k0=blob)
-    assert not compare_batch_to_sequential(batch, sequential).passed
+    batch = {f"k{index}": blob for index in range(100)}
+    assert not compare_batch_to_sequential(batch, dict(batch, k0=None)).passed
     assert compare_batch_to_sequential(batch, dict(batch)).passed
     assert compare_batch_to_sequential({"only": blob}, {"only": blob}).passed
+    assert not compare_batch_to_sequential({}, {}).passed
+
+
+def test_recheck_sample_spreads_over_batches_and_positions():
+    batches = [[f"b{batch}-{position}" for position in range(8)] for batch in range(4)]
+    sample = recheck_sample(batches, 4)
+    assert sample == ["b0-0", "b1-1", "b2-2", "b3-3"]
+    assert len(set(recheck_sample(batches, 40))) == 32
+
+
+def test_recheck_sample_skips_batches_of_one_and_tiny_windows():
+    assert recheck_sample([["alone"]], 4) == []
+    assert recheck_sample([["a"], ["b", "c"]], 1) == ["b"]
+    assert recheck_sample([], 3) == [] and recheck_sample([["a", "b"]], 0) == []
 
 
 def test_silhouette_of_a_box_fills_its_frame_and_follows_the_axes():

@@ -8,13 +8,8 @@ from orfeas_pipelines.definitions import defs
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines.lib.intake.audit import read_audit
 from orfeas_pipelines.resources.home import OrfeasHomeResource
-from orfeas_pipelines.sensors.intake import (
-    RANGE_END_TAG,
-    RANGE_START_TAG,
-    IntakeSettings,
-    evaluate_intake,
-    inbox_sensor,
-)
+from orfeas_pipelines.partitions import RANGE_END_TAG, RANGE_START_TAG
+from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake, inbox_sensor
 from orfeas_pipelines_tests.conftest import submit_images
 
 
@@ -51,14 +46,14 @@ def test_the_tick_log_names_each_rejection(home, agent, instance, image_files, c
     submit_images(home, agent, image_files[:1])
     (home.inbox / "stray.txt").write_text("not a job")
     with caplog.at_level(logging.INFO, logger="tick"):
-        result = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None, instance, log=logging.getLogger("tick"))
+        result = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None, log=logging.getLogger("tick"))
     assert result.run_requests
     lines = [record.getMessage() for record in caplog.records]
     assert "intake: accepted 1, rejected 1, deferred 0, waiting 0" in lines
     assert any(line.startswith("rejected 'stray.txt': not_a_job:") and "quarantine/stray.txt" in line for line in lines)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tick"):
-        evaluate_intake(OrfeasHomeResource(), IntakeSettings(), result.cursor, instance, log=logging.getLogger("tick"))
+        evaluate_intake(OrfeasHomeResource(), IntakeSettings(), result.cursor, log=logging.getLogger("tick"))
     assert caplog.records == [], "an idle tick logs nothing"
 
 
@@ -128,23 +123,42 @@ def test_bad_drops_are_quarantined_with_their_code_and_good_ones_beside_them_sti
     assert not [entry for entry in home.inbox.iterdir() if not entry.name.startswith(".")]
 
     instance.add_dynamic_partitions("images", keys)
-    run = defs.resolve_job_def("mesh_job").execute_in_process(instance=instance, tags=result.run_requests[0].tags)
+    request = result.run_requests[0]
+    run = defs.resolve_job_def("mesh_job").execute_in_process(instance=instance, tags=request.tags, run_config=request.run_config)
     assert run.success
     assert [outbox.read_status(home, job_id)["state"] for job_id in good] == ["succeeded", "succeeded"]
 
 
-def test_daemon_and_process_share_the_registered_mark(home, agent, image_files):
-    from orfeas_pipelines.runner import open_instance, process_once
+def test_a_tick_reports_source_images_with_the_facts_intake_verified(home, agent, instance, image_files):
+    submit_images(home, agent, image_files[:2])
+    result = tick(instance)
+    keys = list(result.dynamic_partitions_requests[0].partition_keys)
+    assert [event.partition for event in result.asset_events] == keys
+    assert all(event.asset_key == dg.AssetKey("source_image") for event in result.asset_events)
+    assert [event.metadata["job_id"].value for event in result.asset_events] == [key.split("/")[0] for key in keys]
+    assert result.run_requests[0].run_config == OrfeasHomeResource().run_config(), "runs are told their home"
+
+
+def test_a_tick_that_only_rejects_says_so_in_its_skip_reason(home, instance):
+    (home.inbox / "stray.txt").write_text("not a job")
+    result = tick(instance)
+    assert not result.run_requests and "rejected 1" in result.skip_reason.skip_message
+
+
+def test_the_daemon_and_process_share_one_cursor_stored_where_the_daemon_keeps_it(home, agent, image_files):
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import ModuleTarget
+
+    from orfeas_pipelines.runner import LOCATION_NAME, open_instance, process_once
 
     submit_images(home, agent, image_files[:2])
-    report = process_once(home)
-    assert len(report.run_ids) == 1
+    assert len(process_once(home).run_ids) == 1
     with open_instance(home) as instance:
-        after_process = tick(instance)
-        assert not after_process.run_requests, "the daemon must not re-run what process ran"
-
-        submit_images(home, agent, image_files[2:3])
-        daemon_tick = tick(instance, cursor=after_process.cursor)
-        [request] = daemon_tick.run_requests
-        tick(instance, cursor=daemon_tick.cursor)
-    assert process_once(home).run_ids == [], "process must not re-run what the daemon registered"
+        target = ModuleTarget(module_name="orfeas_pipelines.definitions", attribute=None, working_directory=None,
+                              location_name=LOCATION_NAME)
+        with WorkspaceProcessContext(instance, target) as workspace:
+            location = workspace.create_request_context().get_code_location(LOCATION_NAME)
+            sensor = location.get_repository("__repository__").get_sensor(inbox_sensor.name)
+            state = instance.get_instigator_state(sensor.get_remote_origin_id(), sensor.selector_id)
+        assert state.instigator_data.cursor == "2", "the daemon finds the cursor orfeas process stored"
+    assert process_once(home).run_ids == [], "nothing is registered twice"

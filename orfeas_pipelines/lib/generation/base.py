@@ -43,12 +43,17 @@ class GenerationRequest:
 
 @dataclass
 class GenerationResult:
-    """The outcome for one request: a mesh, or a one-line error naming the reason."""
+    """The outcome for one request: a mesh, or a one-line error naming the reason.
+
+    `retryable` marks an error that may not happen again (out of memory at batch size one);
+    any other error is the image's own and repeats.
+    """
 
     key: str
     mesh: trimesh.Trimesh | None = None
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    retryable: bool = False
 
     @property
     def ok(self) -> bool:

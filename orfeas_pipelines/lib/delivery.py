@@ -1,0 +1,113 @@
+"""From an accepted image to delivered files: the run's per-image work around the generator.
+
+`load_requests` reads and decodes each image of a window once, with its job's parameters;
+`deliver` turns one generation result into the job's files (`outbox/<job_id>/<stem>.<fmt>`
+and `<stem>.png`) or a classified failure. Failures say whether a retry can fix them: an
+image that is not an image, has no foreground or gives an invalid mesh fails the same way
+every time; running out of memory alone or an I/O error may not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orfeas_pipelines.lib.home import OrfeasHome
+
+if TYPE_CHECKING:
+    from orfeas_pipelines.lib.generation.base import GenerationRequest, GenerationResult
+    from orfeas_pipelines.lib.intake.manifest import JobManifest
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an image was not delivered: one line naming the image, a code, and whether to retry."""
+
+    message: str
+    code: str
+    retryable: bool = False
+
+
+@dataclass
+class Delivery:
+    """The outcome for one image: its files and facts, or a failure."""
+
+    outputs: dict[str, str]
+    metrics: dict[str, Any]
+    quality: dict[str, Any] | None
+    folder: Path
+    failure: Failure | None = None
+
+
+def job_id_of(partition_key: str) -> str:
+    return partition_key.split("/", 1)[0]
+
+
+def file_of(partition_key: str) -> str:
+    return partition_key.split("/", 1)[1]
+
+
+def load_requests(home: OrfeasHome, keys: list[str]) -> tuple[list[GenerationRequest], dict[str, Failure]]:
+    """Generation requests with each job's resolution and seed, each image decoded once."""
+    from orfeas_pipelines.lib.generation.base import GenerationRequest
+    from orfeas_pipelines.lib.images import ImageError, load_image
+
+    requests, failures = [], {}
+    for key in keys:
+        try:
+            params = job_manifest(home, job_id_of(key)).params
+            image = load_image(home.jobs / key)
+        except LookupError as error:
+            failures[key] = Failure(f"{key}: {error}", "not_an_accepted_job")
+        except ImageError as error:
+            failures[key] = Failure(f"{key}: {error.reason}", error.code, retryable=error.code == "image_missing")
+        else:
+            requests.append(GenerationRequest(key=key, image=image, resolution=params.resolution, seed=params.seed))
+    return requests, failures
+
+
+def deliver(home: OrfeasHome, key: str, result: GenerationResult) -> Delivery:
+    """Write the job's formats and a preview for a valid mesh; classify anything else."""
+    from orfeas_pipelines.lib.export import export_mesh, render_preview
+    from orfeas_pipelines.lib.meshes import mesh_problems, mesh_summary
+
+    job_id, stem = job_id_of(key), Path(file_of(key)).stem
+    folder = home.outbox / job_id
+    quality = result.metrics.get("quality")
+    metrics = {name: value for name, value in result.metrics.items() if name != "quality"}
+    if not result.ok:
+        failure = Failure(result.error or f"{key}: no mesh produced", "generation_failed", result.retryable)
+        return Delivery({}, metrics, quality, folder, failure)
+    problems = mesh_problems(result.mesh)
+    if problems:
+        return Delivery({}, metrics, quality, folder, Failure(f"{key}: {'; '.join(problems)}", "invalid_mesh"))
+    manifest = job_manifest(home, job_id)
+    try:
+        files = export_mesh(result.mesh, folder, stem, manifest.output.formats)
+        render_preview(result.mesh, folder / f"{stem}.png")
+    except OSError as error:
+        return Delivery({}, metrics, quality, folder, Failure(f"{key}: cannot write files ({error})", "io_error", True))
+    metrics.update(mesh_summary(result.mesh))
+    return Delivery({fmt: path.name for fmt, path in files.items()}, metrics, quality, folder)
+
+
+def job_manifest(home: OrfeasHome, job_id: str) -> JobManifest:
+    """The accepted job's manifest; LookupError when `job_id` names no accepted job."""
+    return _cached_manifest(home.jobs / job_id / "job.json")
+
+
+@lru_cache(maxsize=4096)
+def _cached_manifest(path: Path) -> JobManifest:
+    """Accepted jobs are immutable, so their manifests can be cached per process."""
+    from orfeas_pipelines.lib.intake.manifest import IntakeError, parse_manifest
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise LookupError(f"not an accepted job (no {path.parent.name}/job.json in jobs/)") from None
+    try:
+        return parse_manifest(raw)
+    except IntakeError as error:
+        raise LookupError(f"not an accepted job ({error.message})") from None
