@@ -35,7 +35,8 @@ test: $(VENV)/.installed-full
 dev: $(VENV)/.installed-base
 	mkdir -p $(ORFEAS_HOME)/dagster
 	test -f $(ORFEAS_HOME)/dagster/dagster.yaml || cp orfeas_pipelines/dagster.yaml $(ORFEAS_HOME)/dagster/dagster.yaml
-	ORFEAS_HOME=$(ORFEAS_HOME) DAGSTER_HOME=$(ORFEAS_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
+	ORFEAS_HOME=$(ORFEAS_HOME) DAGSTER_HOME=$(ORFEAS_HOME)/dagster DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=1 \
+		$(BIN)/dagster dev -w workspace.yaml
 
 clean:
 	rm -rf $(VENV) orfeas_data .pytest_cache

@@ -12,7 +12,7 @@ from pathlib import Path
 from orfeas_pipelines.lib.home import OrfeasHome
 
 STATUS_EXIT_CODES = {"succeeded": 0, "failed": 1, "rejected": 1, "queued": 3, "running": 3}
-BENCH_SUITES = ("generator", "intake", "runs")
+BENCH_SUITES = ("generator", "intake", "runs", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     bench_runs.add_argument("--jobs", default=32, type=int)
     bench_runs.add_argument("--resolution", default=64, type=int)
     bench_runs.set_defaults(handler=_bench_runs)
+    bench_pipeline = suites.add_parser("pipeline", help="generator alone vs orfeas process end to end")
+    bench_pipeline.add_argument("--images", default="32,256", type=_ints, help="comma list of image counts")
+    bench_pipeline.add_argument("--resolution", default=128, type=int)
+    bench_pipeline.set_defaults(handler=_bench_pipeline)
     return parser
 
 
@@ -269,6 +273,13 @@ def _bench_runs(args: argparse.Namespace) -> int:
     from orfeas_pipelines.bench.runs import bench_runs
 
     _print_rows([bench_runs(jobs=args.jobs, resolution=args.resolution)])
+    return 0
+
+
+def _bench_pipeline(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.bench.pipeline import bench_pipeline
+
+    _print_rows([bench_pipeline(images=count, resolution=args.resolution) for count in args.images])
     return 0
 
 

@@ -13,7 +13,9 @@
   would run), all under `state/process.lock`, so two concurrent calls never run a job twice.
 """
 
+import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from importlib.resources import files
 
@@ -25,8 +27,13 @@ from orfeas_pipelines.lib.home import OrfeasHome
 LOCATION_NAME = "orfeas_pipelines"
 """The code location's name in workspace.yaml and pyproject.toml; sensor state is keyed by it."""
 PARTITIONS_PER_REQUEST = 10_000
+PROCESS_TAG = "orfeas/process"
+"""`host:pid` of the `orfeas process` that executes a run in its own process."""
 PROCESS_LOCK_TIMEOUT_SECONDS = 600
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+ONE_PLANNED_EVENT_PER_RUN = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+"""Dagster's switch for one materialization-planned event per asset per range run instead of
+one per partition; read where runs are created (this process, `make dev`'s daemon and UI)."""
 
 
 @dataclass
@@ -41,6 +48,7 @@ class ProcessReport:
 
 def open_instance(home: OrfeasHome) -> dg.DagsterInstance:
     """The home's persistent instance, with the project's dagster.yaml (pool limits) in place."""
+    os.environ.setdefault(ONE_PLANNED_EVENT_PER_RUN, "1")
     dagster_home = home.dagster_home
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
@@ -87,7 +95,12 @@ def execute_run_request(instance: dg.DagsterInstance, request: dg.RunRequest, or
     from orfeas_pipelines.resources.home import OrfeasHomeResource
     from orfeas_pipelines.sensors.status import home_of_run, run_partition_keys, settle_run
 
-    tags = {**request.tags, "dagster/run_key": request.run_key or "", "dagster/sensor_name": origin_name}
+    tags = {
+        **request.tags,
+        "dagster/run_key": request.run_key or "",
+        "dagster/sensor_name": origin_name,
+        PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}",
+    }
     outcome = defs.resolve_job_def("mesh_job").execute_in_process(
         instance=instance,
         tags=tags,
@@ -117,6 +130,7 @@ def process_once(home: OrfeasHome) -> ProcessReport:
         ) from None
     try:
         with open_instance(home) as instance:
+            _fail_orphaned_runs(instance, report)
             resources = {"orfeas_home": orfeas_home, "intake_settings": IntakeSettings()}
             result = tick_sensor(instance, inbox_sensor.name, resources)
             report.skip_reason = result.skip_reason.skip_message if result.skip_reason else None
@@ -126,6 +140,34 @@ def process_once(home: OrfeasHome) -> ProcessReport:
     finally:
         lock.release()
     return report
+
+
+def _fail_orphaned_runs(instance: dg.DagsterInstance, report: ProcessReport) -> None:
+    """Runs a killed `orfeas process` left started on this host are failed and settled, so the
+    drain that follows picks their images up (the daemon's run monitoring does this for its runs)."""
+    from orfeas_pipelines.resources.home import OrfeasHomeResource
+    from orfeas_pipelines.sensors.status import home_of_run, run_partition_keys, settle_run
+
+    host = socket.gethostname()
+    started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+    for run in instance.get_runs(started):
+        owner = run.tags.get(PROCESS_TAG, "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, f"the orfeas process {owner} running it is gone (killed?)")
+        settle_run(instance, run, home_of_run(run, OrfeasHomeResource()), run_partition_keys(instance, run))
+        report.failed_runs.append(run.run_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _execute_all(instance: dg.DagsterInstance, requests: list[dg.RunRequest], report: ProcessReport) -> None:

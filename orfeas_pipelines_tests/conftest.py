@@ -10,10 +10,16 @@ from orfeas_pipelines.lib.home import OrfeasHome
 from orfeas_pipelines.lib.intake.registry import AgentPolicy, create_agent
 from orfeas_pipelines.lib.intake.submit import write_job
 from orfeas_pipelines.resources.home import OrfeasHomeResource
-from orfeas_pipelines.runner import apply_sensor_result, tick_sensor
+from orfeas_pipelines.runner import ONE_PLANNED_EVENT_PER_RUN, apply_sensor_result, tick_sensor
 from orfeas_pipelines.sensors.intake import IntakeSettings, inbox_sensor
 from orfeas_pipelines_tests import shapes
 from orfeas_pipelines_tests.lib.generation.tiny_hunyuan3d import build_tiny_hunyuan3d
+
+
+@pytest.fixture(autouse=True)
+def one_planned_event_per_run(monkeypatch):
+    """Runs are created as `orfeas process` and `make dev` create them."""
+    monkeypatch.setenv(ONE_PLANNED_EVENT_PER_RUN, "1")
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,11 @@ generated, re-checked against a re-batched sample (the blocking check), and deli
 before the next window is read.
 """
 
+import json
 import time
 import warnings
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
@@ -92,8 +95,15 @@ class RunTally:
     delivered: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     retryable: dict[str, str] = field(default_factory=dict)
-    generate_seconds: float = 0.0
     batches: list = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time a stage of the run (decode, generate, check, export, preview, status)."""
+        started = time.perf_counter()
+        yield
+        self.seconds[name] += time.perf_counter() - started
 
 
 @dg.multi_asset(
@@ -128,12 +138,14 @@ def mesh(
         raise dg.Failure(f"images_in_memory must be at least 1, got {config.images_in_memory}")
     home = orfeas_home.home
     keys = _keys_to_run(context)
-    settle_cursor = settle_run(context.instance, context.run, home, keys)
     tally = RunTally()
+    with tally.stage("status"):
+        settle_cursor = settle_run(context.instance, context.run, home, keys)
     for start in range(0, len(keys), config.images_in_memory):
         window = keys[start : start + config.images_in_memory]
         leaked = yield from _run_window(context, config, home, mesh_generator, window, tally)
-        settle_cursor = settle_run(context.instance, context.run, home, keys, after=settle_cursor)
+        with tally.stage("status"):
+            settle_cursor = settle_run(context.instance, context.run, home, keys, after=settle_cursor)
         if leaked:
             context.log.error("blocking check failed: the rest of the run is not delivered")
             break
@@ -161,14 +173,14 @@ def _run_window(
     """
     from orfeas_pipelines.lib.delivery import deliver, load_requests
 
-    requests, load_failures = load_requests(home, window)
-    started = time.perf_counter()
+    with tally.stage("decode"):
+        requests, load_failures = load_requests(home, window)
     window_batches: list = []
-    results = {result.key: result for result in mesh_generator.generate(requests, on_batch=window_batches.append)}
-    tally.generate_seconds += time.perf_counter() - started
+    with tally.stage("generate"):
+        results = {result.key: result for result in mesh_generator.generate(requests, on_batch=window_batches.append)}
     tally.batches += window_batches
-
-    evaluations, leaked = _recheck(config, mesh_generator, requests, results, window_batches)
+    with tally.stage("check"):
+        evaluations, leaked = _recheck(config, mesh_generator, requests, results, window_batches)
     for evaluation in evaluations:
         yield evaluation
     if leaked:
@@ -177,6 +189,8 @@ def _run_window(
         failure = load_failures.get(key)
         outcome = None if failure else deliver(home, key, results[key])
         failure = failure or outcome.failure
+        for stage, seconds in (outcome.seconds.items() if outcome else ()):
+            tally.seconds[stage] += seconds
         if failure is None:
             tally.delivered += 1
             yield dg.AssetMaterialization(MESH, partition=key, metadata=_delivery_metadata(outcome))
@@ -260,12 +274,16 @@ def _delivery_metadata(outcome: "Delivery") -> dict:
 
 
 def _log_summary(context, mesh_generator: MeshGeneratorResource, keys: list[str], tally: RunTally) -> None:
+    """The run-wide figures: a log line, and the stage times as a run tag (`orfeas/stage_seconds`)."""
     generator = mesh_generator.generator
-    rate = tally.delivered / tally.generate_seconds if tally.generate_seconds else 0.0
+    generating = tally.seconds["generate"]
+    rate = tally.delivered / generating if generating else 0.0
     sizes = [batch.batch_size for batch in tally.batches]
+    stages = {stage: round(seconds, 3) for stage, seconds in tally.seconds.items()}
+    context.instance.add_run_tags(context.run_id, {"orfeas/stage_seconds": json.dumps(stages, sort_keys=True)})
     context.log.info(
         f"{len(keys)} images on {generator.name}/{generator.device}: {tally.delivered} delivered, "
         f"{len(tally.failed)} failed, {len(tally.retryable)} to retry; {len(sizes)} batches "
-        f"(sizes {min(sizes, default=0)}-{max(sizes, default=0)}), {tally.generate_seconds:.2f} s generating "
-        f"({rate:.2f} images/s)"
+        f"(sizes {min(sizes, default=0)}-{max(sizes, default=0)}), {generating:.2f} s generating "
+        f"({rate:.2f} images/s); seconds by stage {stages}"
     )

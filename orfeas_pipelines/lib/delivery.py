@@ -9,7 +9,8 @@ every time; running out of memory alone or an I/O error may not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ class Delivery:
     quality: dict[str, Any] | None
     folder: Path
     failure: Failure | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def job_id_of(partition_key: str) -> str:
@@ -84,13 +86,16 @@ def deliver(home: OrfeasHome, key: str, result: GenerationResult) -> Delivery:
     if problems:
         return Delivery({}, metrics, quality, folder, Failure(f"{key}: {'; '.join(problems)}", "invalid_mesh"))
     manifest = job_manifest(home, job_id)
+    started = time.perf_counter()
     try:
         files = export_mesh(result.mesh, folder, stem, manifest.output.formats)
+        exported = time.perf_counter()
         render_preview(result.mesh, folder / f"{stem}.png")
     except OSError as error:
         return Delivery({}, metrics, quality, folder, Failure(f"{key}: cannot write files ({error})", "io_error", True))
+    seconds = {"export": exported - started, "preview": time.perf_counter() - exported}
     metrics.update(mesh_summary(result.mesh))
-    return Delivery({fmt: path.name for fmt, path in files.items()}, metrics, quality, folder)
+    return Delivery({fmt: path.name for fmt, path in files.items()}, metrics, quality, folder, seconds=seconds)
 
 
 def job_manifest(home: OrfeasHome, job_id: str) -> JobManifest:

@@ -1,0 +1,104 @@
+"""`orfeas bench pipeline`: how much of an end-to-end run is spent generating.
+
+Side by side in one process, on the same N images (the bundled samples, cycled): the
+generator alone (auto batch size), then `orfeas process` on the same images submitted as N
+single-image jobs, end to end: intake, Dagster's bookkeeping, decoding, generation, the
+blocking check, exports to stl+glb, previews and status files. Efficiency = generator
+seconds / end-to-end seconds. Imports and the generator are warmed up first, so neither
+side pays for them.
+
+The split: `outside_runs_s` is the intake tick, registering partitions and source images,
+the drain's look-up and settling after the run; `dagster_bookkeeping_s` is the run's time
+outside the step's own stages (run and step events, check and materialization writes);
+the rest are the step's stages (decode, generate, check, export, preview, status).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from orfeas_pipelines.lib.home import OrfeasHome
+
+FORMATS = ("stl", "glb")
+
+
+def bench_pipeline(images: int = 32, resolution: int = 128) -> dict[str, Any]:
+    """One row: both timings, the efficiency, and the end-to-end time split by stage."""
+    from orfeas_pipelines.lib.batching import generate_in_batches
+    from orfeas_pipelines.lib.generation.base import GenerationRequest, create_generator
+    from orfeas_pipelines.lib.images import load_image
+    from orfeas_pipelines.lib.samples import sample_image_paths
+
+    if images < 1:
+        raise ValueError(f"images must be at least 1, got {images}")
+    paths = [sample_image_paths()[index % len(sample_image_paths())] for index in range(images)]
+    pictures = {path: load_image(path) for path in set(paths)}
+    requests = [
+        GenerationRequest(key=f"{index}/{path.name}", image=pictures[path], resolution=resolution)
+        for index, path in enumerate(paths)
+    ]
+    generator = create_generator("inflate", device="cpu")
+    generate_in_batches(generator, requests[:2])
+    started = time.perf_counter()
+    results = generate_in_batches(generator, requests)
+    generator_seconds = time.perf_counter() - started
+    if not all(result.ok for result in results):
+        raise RuntimeError("bench pipeline: the generator failed on a sample image")
+
+    with tempfile.TemporaryDirectory(prefix="orfeas-bench-pipeline-") as tmp:
+        _warm_up(Path(tmp) / "warm-up", resolution)
+        row = _end_to_end(OrfeasHome.at(Path(tmp) / "home").ensure(), paths, resolution)
+    end_to_end = row.pop("end_to_end_seconds")
+    return {
+        "images": images,
+        "resolution": resolution,
+        "generator_seconds": round(generator_seconds, 2),
+        "end_to_end_seconds": round(end_to_end, 2),
+        "efficiency": round(generator_seconds / end_to_end, 3),
+        **row,
+    }
+
+
+def _end_to_end(home: OrfeasHome, paths: list[Path], resolution: int) -> dict[str, Any]:
+    """Submit one job per image (not timed), then time `orfeas process` and split it by stage."""
+    from orfeas_pipelines.lib import outbox
+    from orfeas_pipelines.lib.intake.registry import create_agent
+    from orfeas_pipelines.lib.intake.submit import write_job
+    from orfeas_pipelines.runner import open_instance, process_once
+
+    agent = create_agent(home.agents_file, "bench", rate_per_minute=1_000_000, max_images=1)
+    job_ids = [write_job(home, [path], agent.agent_id, agent.secret, formats=FORMATS, resolution=resolution) for path in paths]
+    started = time.perf_counter()
+    report = process_once(home)
+    end_to_end = time.perf_counter() - started
+    unfinished = [job_id for job_id in job_ids if (outbox.read_status(home, job_id) or {}).get("state") != "succeeded"]
+    if unfinished:
+        raise RuntimeError(f"bench pipeline: {len(unfinished)} jobs did not succeed, e.g. {unfinished[0]}")
+    with open_instance(home) as instance:
+        records = [instance.get_run_record_by_id(run_id) for run_id in report.run_ids]
+        stages: dict[str, float] = {}
+        for record in records:
+            for stage, seconds in json.loads(record.dagster_run.tags.get("orfeas/stage_seconds", "{}")).items():
+                stages[stage] = stages.get(stage, 0.0) + seconds
+        run_seconds = sum(record.end_time - record.start_time for record in records)
+        events = sum(len(instance.get_records_for_run(run_id).records) for run_id in report.run_ids)
+    in_step = sum(stages.values())
+    return {
+        "end_to_end_seconds": end_to_end,
+        "runs": len(records),
+        "run_events": events,
+        "outside_runs_s": round(end_to_end - run_seconds, 2),
+        "dagster_bookkeeping_s": round(run_seconds - in_step, 2),
+        **{f"{stage}_s": round(seconds, 2) for stage, seconds in sorted(stages.items())},
+    }
+
+
+def _warm_up(root: Path, resolution: int) -> None:
+    """One job through the whole path, so imports and caches are warm for the timed run."""
+    from orfeas_pipelines.lib.samples import sample_image_paths
+
+    _end_to_end(OrfeasHome.at(root).ensure(), sample_image_paths()[:1], resolution)
