@@ -7,7 +7,7 @@ import stat
 import pytest
 import trimesh
 
-from orfeas_pipelines.cli import main
+from orfeas_pipelines.cli import BENCH_SUITES, main
 from orfeas_pipelines.lib.intake.registry import AgentRegistry
 
 
@@ -106,38 +106,39 @@ def test_process_reports_a_failed_run_and_fails_its_images(home, agent, image_fi
     assert image["state"] == "failed" and image["error"].startswith("run ")
 
 
-def test_bench_without_a_suite_runs_every_suite_with_its_defaults(monkeypatch, capsys):
-    from orfeas_pipelines.bench import generator, intake, runs
+def fake_every_suite(monkeypatch, broken=()):
+    """Replace each suite's `bench_<suite>` function; returns the calls, in order."""
+    import importlib
 
     called = []
+    for suite in BENCH_SUITES:
+        def fake(suite=suite, **options):
+            if suite in broken:
+                raise RuntimeError("no disk left")
+            called.append((suite, options))
+            return [{"suite": suite, "ratio": 2.0}] if suite == "generator" else {"suite": suite, "ratio": 2.0}
 
-    def fake(name):
-        def bench(**options):
-            called.append((name, options))
-            return [{"suite": name, "ratio": 2.0}] if name == "generator" else {"suite": name, "ratio": 2.0}
+        monkeypatch.setattr(importlib.import_module(f"orfeas_pipelines.bench.{suite}"), f"bench_{suite}", fake)
+    return called
 
-        return bench
 
-    monkeypatch.setattr(generator, "bench_generator", fake("generator"))
-    monkeypatch.setattr(intake, "bench_intake", fake("intake"))
-    monkeypatch.setattr(runs, "bench_runs", fake("runs"))
+def test_bench_without_a_suite_runs_every_suite_with_its_defaults(monkeypatch, capsys):
+    called = fake_every_suite(monkeypatch)
     assert main(["bench"]) == 0
     out = capsys.readouterr().out
-    assert [name for name, _ in called] == ["generator", "intake", "runs"]
-    assert called[1][1] == {"drops": 10_000} and called[2][1] == {"jobs": 32, "resolution": 64}
+    calls_per_suite = {"pipeline": 2}  # its default runs two image counts
+    assert [name for name, _ in called] == [name for name in BENCH_SUITES for _ in range(calls_per_suite.get(name, 1))]
+    options = dict(called)
+    assert options["intake"] == {"drops": 10_000} and options["runs"] == {"jobs": 32, "resolution": 64}
+    assert [options for name, options in called if name == "pipeline"] == [
+        {"images": 32, "resolution": 128}, {"images": 256, "resolution": 128}
+    ]
     assert [line for line in out.splitlines() if line.startswith("# orfeas bench")] == [
-        "# orfeas bench generator", "# orfeas bench intake", "# orfeas bench runs"
+        f"# orfeas bench {suite}" for suite in BENCH_SUITES
     ]
 
 
 def test_bench_without_a_suite_fails_when_a_suite_fails(monkeypatch, capsys):
-    from orfeas_pipelines.bench import generator, intake, runs
-
-    def broken(**options):
-        raise RuntimeError("no disk left")
-
-    monkeypatch.setattr(generator, "bench_generator", lambda **options: [{"ratio": 2.0}])
-    monkeypatch.setattr(intake, "bench_intake", broken)
-    monkeypatch.setattr(runs, "bench_runs", lambda **options: {"ratio": 2.0})
+    fake_every_suite(monkeypatch, broken=("intake",))
     assert main(["bench"]) == 1
     assert "no disk left" in capsys.readouterr().err
