@@ -43,12 +43,19 @@ class GenerationRequest:
 
 @dataclass
 class GenerationResult:
-    """The outcome for one request: a mesh, or a one-line error naming the reason."""
+    """The outcome for one request: a mesh, or a one-line error naming the reason.
+
+    `metrics["quality"]` is `{"verdict": "ok" | "suspect", "reasons": [...]}` and
+    `metrics["foreground_fraction"]` the mask's share of the image (lib/quality.py); a
+    suspect mesh is still a mesh. `mask` is the final foreground mask (bool, at the
+    background remover's working size), so a UI can show it over the input.
+    """
 
     key: str
     mesh: trimesh.Trimesh | None = None
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:

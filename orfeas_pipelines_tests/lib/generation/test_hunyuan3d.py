@@ -167,7 +167,8 @@ def test_items_without_a_surface_or_a_foreground_are_item_errors(tiny_hunyuan3d_
     assert [result.key for result in results] == ["star", "ring", "disk", "blank"]
     assert all(result.mesh is None for result in results)
     assert all(result.error.startswith(f"{result.key}: no surface at mc_level 1000.0") for result in results[:3])
-    assert results[3].error == "blank: no foreground found (the image is empty or all one colour)"
+    assert results[3].error.startswith("blank: no foreground found (tried: border colour key")
+    assert "alpha channel" in results[3].error and "background: rembg" in results[3].error
 
 
 def test_a_missing_folder_names_the_files_expected(tmp_path):
