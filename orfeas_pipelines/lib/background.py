@@ -153,6 +153,7 @@ def grabcut(rgb: np.ndarray, probable_object: np.ndarray) -> np.ndarray:
         return np.zeros(rgb.shape[:2], dtype=bool)
     background_model, object_model = np.zeros((1, 65)), np.zeros((1, 65))
     bgr = np.ascontiguousarray(rgb[..., ::-1])
+    cv2.setRNGSeed(0)  # GrabCut's k-means start draws from this thread's RNG: same image, same mask
     cv2.grabCut(bgr, seeds, None, background_model, object_model, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     return (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
 

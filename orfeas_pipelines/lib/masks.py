@@ -111,10 +111,21 @@ def ensure_alpha(image: np.ndarray, remover: Remover | None = None) -> np.ndarra
 
 
 def _clean(mask: np.ndarray) -> np.ndarray:
-    """A numpy mask without specks and small holes (the batched core's clean-up)."""
-    import torch
+    """The batched core's clean-up rules (specks, small holes) for one numpy mask, in scipy's C
+    labelling, which is much faster than the tensor labelling on a single large mask."""
+    from scipy import ndimage
 
-    return _fill_small_holes(_without_specks(torch.from_numpy(np.ascontiguousarray(mask))[None]))[0].numpy()
+    parts, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    sizes = np.bincount(parts.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    kept = mask & (sizes >= MIN_PART_FRACTION * sizes.max())[parts]
+    holes, _ = ndimage.label(~kept)
+    hole_sizes = np.bincount(holes.ravel())
+    edge_labels = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    small = hole_sizes < kept.sum() * SMALL_HOLE_FRACTION
+    small[edge_labels] = False
+    small[0] = False
+    return kept | small[holes]
 
 
 def foreground_masks(rgba: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
