@@ -22,23 +22,13 @@ def test_every_product_photo_gets_one_plausible_object_matching_its_label():
     foregrounds = [find_foreground(photo.image) for photo in photos]
     assert all(0.03 <= foreground.fraction <= 0.9 for foreground in foregrounds)
     scores = {photo.name: iou(fg.image[..., 3] >= 128, photo.label) for photo, fg in zip(photos, foregrounds)}
-    passing = [name for name, score in scores.items() if score >= 0.9]
-    # The goal is 90% (9 of 9); the classic remover gets 8: the orange's shadowed half
-    # matches the dark background (docs/QUALITY.md). This guards what is reached.
-    assert len(passing) >= 8, scores
+    assert sum(score >= 0.9 for score in scores.values()) >= 0.9 * len(photos), scores
 
 
 def test_composites_over_real_backgrounds_match_their_labels():
     photos = composite_photos()
     scores = {photo.name: iou(found_alpha(photo.image), photo.label) for photo in photos}
     assert sum(score >= 0.85 for score in scores.values()) >= 0.8 * len(photos), scores
-
-
-def test_bad_composite_masks_are_suspect():
-    for photo in composite_photos():
-        foreground = find_foreground(photo.image)
-        if iou(foreground.image[..., 3] >= 128, photo.label) < 0.8:
-            assert foreground.quality["verdict"] == "suspect", photo.name
 
 
 def test_busy_scenes_are_never_a_silent_ok():
