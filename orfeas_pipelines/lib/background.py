@@ -6,10 +6,10 @@ so the same photo gives the same object at every grid resolution; callers resamp
 `classic` (weight-free, the default) combines two cues, chosen by measurement on the
 labelled photo set in `orfeas_pipelines_tests/data/photos/` (see docs/QUALITY.md):
 - the border-colour key: pixels far from the median border colour, with the threshold
-  above the border's own spread (exact on plain backgrounds);
-- OpenCV's GrabCut (colour models of object and background refined with a graph cut),
-  seeded with the image border as certain background, and with the colour key's object
-  where the key found a plausible one, else a centre ellipse, as probable object.
+  above the border's own spread; used alone where the border is plain (exact there);
+- otherwise OpenCV's GrabCut (colour models of object and background refined with a graph
+  cut), seeded with the image border as certain background and a centre ellipse (plus the
+  key's pixels when the key found a plausible object) as probable object.
 `rembg` runs a learned salient-object model (u2net, isnet-general-use, BiRefNet ONNX)
 from a local file; `auto` is `rembg` when a model file is configured, else `classic`.
 """
@@ -65,7 +65,6 @@ class MaskDecision:
     """A foreground mask (at working size, or finer), what produced it and how sure it is (0..1)."""
 
     mask: np.ndarray
-    method: str
     tried: tuple[str, ...]
     confidence: float
 
@@ -114,14 +113,14 @@ def classic_mask(image_rgb: np.ndarray) -> MaskDecision:
         fine = working_image(image_rgb, min(KEY_SIDE, max(image_rgb.shape[:2])))
         fine_key = colour_key(fine)[0]
         tried = ("border colour key (plain border)",)
-        return MaskDecision(mask=fine_key, method="classic", tried=tried, confidence=colour_separation(fine, fine_key))
+        return MaskDecision(mask=fine_key, tried=tried, confidence=colour_separation(fine, fine_key))
     if key_plausible:
         seed, seeded_from = key | centre_prior(rgb.shape[:2]), "colour key and the image centre"
     else:
         seed, seeded_from = centre_prior(rgb.shape[:2]), "image centre"
     mask = grabcut(rgb, seed)
     tried = ("border colour key", f"GrabCut seeded from the {seeded_from}")
-    return MaskDecision(mask=mask, method="classic", tried=tried, confidence=colour_separation(rgb, mask))
+    return MaskDecision(mask=mask, tried=tried, confidence=colour_separation(rgb, mask))
 
 
 def colour_key(rgb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -200,7 +199,8 @@ class LearnedRemover:
         import onnxruntime
 
         self.path = path
-        self.session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
+        providers = onnxruntime.get_available_providers()
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         name = path.name.lower()
         self.mean, self.std = ((0.5,) * 3, (1.0,) * 3) if "isnet" in name else (IMAGENET_MEAN, IMAGENET_STD)
         self.sigmoid = "birefnet" in name
@@ -219,7 +219,8 @@ class LearnedRemover:
         low, high = float(output.min()), float(output.max())
         probability = (output - low) / max(high - low, 1e-6)
         size = working_size(*image_rgb.shape[:2])
-        probability = np.asarray(Image.fromarray(probability.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
-        mask = probability >= 0.5
+        probability_map = Image.fromarray(probability.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+        probability = np.asarray(probability_map)
         confidence = float(np.abs(2.0 * probability - 1.0).mean())
-        return MaskDecision(mask=mask, method="rembg", tried=(f"learned remover {self.path.name}",), confidence=confidence)
+        tried = (f"learned remover {self.path.name}",)
+        return MaskDecision(mask=probability >= 0.5, tried=tried, confidence=confidence)

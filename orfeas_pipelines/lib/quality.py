@@ -40,7 +40,7 @@ def quality_verdict(mask: np.ndarray, confidence: float) -> dict:
     if edge.mean() > BORDER_HUG:
         reasons.append(f"foreground hugs the border ({edge.mean():.0%} of the edge)")
     filled = ndimage.binary_fill_holes(mask)
-    holes, hole_count = ndimage.label(filled & ~mask)
+    holes, _ = ndimage.label(filled & ~mask)
     hole_sizes = np.bincount(holes.ravel())[1:]
     sizeable = hole_sizes[hole_sizes >= 0.01 * filled.sum()]
     if len(sizeable) >= INVERTED_MIN_HOLES and sizeable.sum() >= INVERTED_HOLE_SHARE * filled.sum():

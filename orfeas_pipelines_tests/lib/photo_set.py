@@ -31,6 +31,11 @@ class LabelledPhoto:
     """Bool mask of the image's size, or None for a busy scene."""
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks."""
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
 def product_photos() -> list[LabelledPhoto]:
     return [_labelled(path) for path in sorted((PHOTOS / "product").glob("*.jpg"))]
 
@@ -117,10 +122,11 @@ def report(resolution: int = 128, repeats: int = 3) -> None:
             totals["mask"] += mask_seconds
             totals["generation"] += generation_seconds
             found = foreground.image[..., 3] >= 128
-            score = "-" if photo.label is None else f"{(found & photo.label).sum() / (found | photo.label).sum():.3f}"
+            score = "-" if photo.label is None else f"{iou(found, photo.label):.3f}"
             verdict = result.metrics["quality"] if result.ok else {"verdict": "error", "reasons": [result.error]}
             outcome = " ".join([verdict["verdict"], *(f"({reason})" for reason in verdict["reasons"])])
-            print(f"| {group} | {photo.name} | {score} | {outcome} | {mask_seconds * 1e3:.0f} | {generation_seconds * 1e3:.0f} |")
+            timings = f"{mask_seconds * 1e3:.0f} | {generation_seconds * 1e3:.0f}"
+            print(f"| {group} | {photo.name} | {score} | {outcome} | {timings} |")
     share = totals["mask"] / totals["generation"]
     print(f"\nbackground removal {totals['mask']:.2f} s of {totals['generation']:.2f} s generation: {share:.1%}")
 

@@ -6,11 +6,7 @@ import torch
 
 from orfeas_pipelines.lib.generation.inflate import _onto_grid
 from orfeas_pipelines.lib.masks import find_foreground, foreground_masks
-from orfeas_pipelines_tests.lib.photo_set import busy_photos, composite_photos, product_photos
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
+from orfeas_pipelines_tests.lib.photo_set import busy_photos, composite_photos, iou, product_photos
 
 
 def found_alpha(image: np.ndarray) -> np.ndarray:
@@ -52,6 +48,17 @@ def test_the_same_photo_gives_the_same_object_at_128_and_256(name):
         back = torch.nn.functional.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
         on_photo.append(back[0, 0].numpy() >= 0.5)
     assert iou(*on_photo) >= 0.95
+
+
+def test_a_photo_mesh_carries_its_verdict_fraction_and_mask():
+    from orfeas_pipelines.lib.generation.base import GenerationRequest, create_generator
+
+    apple = next(photo for photo in product_photos() if photo.name == "apple")
+    (result,) = create_generator("inflate", device="cpu").generate([GenerationRequest("apple", apple.image, 64)])
+    assert result.ok and result.metrics["quality"] == {"verdict": "ok", "reasons": []}
+    assert result.mask.dtype == bool and result.mask.shape == (128, 128)
+    assert result.metrics["foreground_fraction"] == pytest.approx(result.mask.mean())
+    assert iou(result.mask, find_foreground(apple.image).mask) == 1.0
 
 
 def test_the_mask_is_deterministic():

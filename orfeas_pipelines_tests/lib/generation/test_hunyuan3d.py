@@ -155,6 +155,8 @@ def test_an_opaque_image_gets_the_projects_mask(tiny_hunyuan3d_model_path):
 
     assert from_alpha.ok and from_mask.ok
     assert np.array_equal(from_alpha.mesh.vertices, from_mask.mesh.vertices)
+    assert from_mask.metrics["quality"]["verdict"] == "ok" and from_mask.metrics["foreground_fraction"] > 0
+    assert from_alpha.metrics["background"] == ["alpha channel"] and np.array_equal(from_alpha.mask, from_mask.mask)
 
 
 @pytest.mark.slow
