@@ -192,8 +192,7 @@ def _onto_grid(image: np.ndarray, resolution: int, device: torch.device, dtype: 
     """The image scaled to fit the grid inside its margin, centred: (4, R, R) plane, (R, R) valid.
 
     Colour is resized premultiplied by alpha so transparent pixels do not bleed into the
-    edges. Opaque images are padded by repeating their border, so the border colour that
-    the mask estimates is the image's own.
+    edges; the padding is transparent (the alpha holds the decided object).
     """
     import torch
     import torch.nn.functional as F
@@ -208,8 +207,7 @@ def _onto_grid(image: np.ndarray, resolution: int, device: torch.device, dtype: 
     resized = resized.clamp(0.0, 1.0)
     top, left = (resolution - new_height) // 2, (resolution - new_width) // 2
     padding = (left, resolution - new_width - left, top, resolution - new_height - top)
-    opaque = bool((image[..., 3] == 255).all())
-    plane = F.pad(resized, padding, mode="replicate") if opaque else F.pad(resized, padding)
+    plane = F.pad(resized, padding)
     valid = torch.zeros((resolution, resolution), dtype=torch.bool, device=device)
     valid[top : top + new_height, left : left + new_width] = True
     return plane[0], valid
