@@ -55,7 +55,8 @@ class Foreground:
 
     @property
     def found(self) -> bool:
-        return bool(self.mask.any())
+        """Whether any pixel is object at the image's own size (what the backends resample)."""
+        return bool((self.image[..., 3] >= 128).any())
 
     def metrics(self) -> dict:
         """The result metrics every backend reports about its foreground."""
