@@ -51,6 +51,11 @@ class MeshGeneratorResource(dg.ConfigurableResource):
     dtype: str = "auto"
     batch_size: Optional[int] = None
     memory_fraction: float = 0.5
+    background: str = "auto"
+    """Background removal for images without alpha: `classic` (weight-free), `rembg` (a learned
+    model from `background_model_path`), or `auto` (`rembg` when a model path is set)."""
+    background_model_path: Optional[str] = None
+    """A local u2net / isnet-general-use / BiRefNet .onnx file (else `$ORFEAS_BACKGROUND_MODEL_PATH`)."""
     inflate: InflateSettings = InflateSettings()
     hunyuan3d: Hunyuan3DSettings = Hunyuan3DSettings()
 
@@ -64,7 +69,8 @@ class MeshGeneratorResource(dg.ConfigurableResource):
         from orfeas_pipelines.lib.generation.base import create_generator
 
         options = self.hunyuan3d.options() if self.backend == "hunyuan3d" else self.inflate.model_dump()
-        return create_generator(self.backend, device=self.device, dtype=self.dtype, **options)
+        background = {"background": self.background, "background_model_path": self.background_model_path}
+        return create_generator(self.backend, device=self.device, dtype=self.dtype, **background, **options)
 
     @property
     def generator(self) -> "Generator":

@@ -45,14 +45,19 @@ class GenerationRequest:
 class GenerationResult:
     """The outcome for one request: a mesh, or a one-line error naming the reason.
 
-    `retryable` marks an error that may not happen again (out of memory at batch size one);
-    any other error is the image's own and repeats.
+    `metrics["quality"]` is `{"verdict": "ok" | "suspect", "reasons": [...]}` and
+    `metrics["foreground_fraction"]` the mask's share of the image (lib/quality.py); a
+    suspect mesh is still a mesh. `mask` is the final foreground mask (bool, at the
+    background remover's working size), so a UI can show it over the input. `retryable`
+    marks an error that may not happen again (out of memory at batch size one); any other
+    error is the image's own and repeats.
     """
 
     key: str
     mesh: trimesh.Trimesh | None = None
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None
     retryable: bool = False
 
     @property

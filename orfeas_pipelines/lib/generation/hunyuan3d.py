@@ -14,7 +14,8 @@ Nothing reaches a model hub:
   checkpoint; both are checked before loading;
 - the pipeline's `enable_flashvdm`, which swaps in a turbo VAE from the hub, is never
   called, and hy3dgen's rembg-based `BackgroundRemover` is never imported: the project's
-  own `ensure_alpha` makes the alpha of images without one;
+  own `find_foreground` (lib/masks.py, with the configured remover) makes the alpha of
+  images without one, and its quality verdict goes into the result's metrics;
 - `HF_HUB_OFFLINE`/`TRANSFORMERS_OFFLINE` are set before hy3dgen is first imported, so
   anything that still tried would fail instead of downloading.
 
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from orfeas_pipelines.lib.generation.base import GenerationRequest, GenerationResult, register_generator
-from orfeas_pipelines.lib.masks import ensure_alpha
+from orfeas_pipelines.lib.masks import Foreground, find_foreground
 from orfeas_pipelines.lib.meshes import clean_mesh, normalise_to_frame
 
 if TYPE_CHECKING:
@@ -88,8 +89,12 @@ class Hunyuan3DGenerator:
         num_chunks: int = 8000,
         mc_level: float = 0.0,
         face_budget: int | None = None,
+        background: str = "auto",
+        background_model_path: str | None = None,
     ):
         import torch
+
+        from orfeas_pipelines.lib.background import create_remover
 
         if dtype not in DTYPES:
             raise ValueError(f"hunyuan3d dtype must be one of {DTYPES}, got {dtype!r}")
@@ -112,6 +117,7 @@ class Hunyuan3DGenerator:
         self.num_chunks = num_chunks
         self.mc_level = mc_level
         self.face_budget = face_budget
+        self.remover = create_remover(background, background_model_path)
         self.version = f"hy3dgen-{_hy3dgen_version()}/{subfolder}"
 
     def batch_key(self, request: GenerationRequest) -> tuple[int, int]:
@@ -157,20 +163,24 @@ class Hunyuan3DGenerator:
             return [GenerationResult(key=request.key, error=f"{request.key}: {problem}") for request in requests]
 
         results: dict[int, GenerationResult] = {}
-        ready: list[tuple[int, GenerationRequest, Image.Image]] = []
+        ready: list[tuple[int, GenerationRequest, Foreground]] = []
         for index, request in enumerate(requests):
             try:
-                ready.append((index, request, Image.fromarray(_conditioning_image(request.image))))
+                ready.append((index, request, _conditioning_foreground(request.image, self.remover)))
             except ValueError as error:
                 results[index] = GenerationResult(key=request.key, error=f"{request.key}: {error}")
 
         if ready:
             pipeline, lock = self._pipeline()
             generators = [torch.Generator(device="cpu").manual_seed(request.item_seed()) for _, request, _ in ready]
+            images = [Image.fromarray(foreground.image) for _, _, foreground in ready]
             with lock:
-                grids = self._decode_volumes(pipeline, [image for _, _, image in ready], generators, octree)
-            for (index, request, _image), grid in zip(ready, grids):
-                results[index] = self._mesh_result(pipeline, request, grid, octree)
+                grids = self._decode_volumes(pipeline, images, generators, octree)
+            for (index, request, foreground), grid in zip(ready, grids):
+                result = self._mesh_result(pipeline, request, grid, octree)
+                result.mask = foreground.mask
+                result.metrics.update(foreground.metrics())
+                results[index] = result
         return [results[index] for index in range(len(requests))]
 
     def _decode_volumes(self, pipeline: Any, images: list, generators: list, octree: int) -> torch.Tensor:
@@ -320,8 +330,8 @@ def _load_pipeline(folder: Path, weights_path: Path, device: torch.device, dtype
     return pipeline
 
 
-def _conditioning_image(image: object) -> np.ndarray:
-    """The RGBA image with a meaningful alpha (the project's own mask when it has none).
+def _conditioning_foreground(image: object, remover: Any) -> Foreground:
+    """The image's foreground, its alpha meaningful (the project's own mask when it has none).
 
     Raises ValueError when there is no usable foreground, which hy3dgen's recentring needs.
     """
@@ -330,11 +340,11 @@ def _conditioning_image(image: object) -> np.ndarray:
         raise ValueError(f"image must be RGBA uint8 of shape (H, W, 4), got {shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError("image has no pixels")
-    with_alpha = ensure_alpha(image)
-    rows, cols = np.nonzero(with_alpha[..., 3])
+    foreground = find_foreground(image, remover)
+    rows, cols = np.nonzero(foreground.image[..., 3])
     if rows.size == 0 or rows.min() == rows.max() or cols.min() == cols.max():
-        raise ValueError("no foreground found (the image is empty or all one colour)")
-    return with_alpha
+        raise ValueError(foreground.not_found_reason())
+    return foreground
 
 
 def _octree_problem(octree: int) -> str | None:

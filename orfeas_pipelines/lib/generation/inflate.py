@@ -29,7 +29,7 @@ import numpy as np
 
 from orfeas_pipelines.lib.generation.base import GenerationRequest, GenerationResult, register_generator
 from orfeas_pipelines.lib.images import has_meaningful_alpha
-from orfeas_pipelines.lib.masks import foreground_masks
+from orfeas_pipelines.lib.masks import Foreground, find_foreground, foreground_masks
 from orfeas_pipelines.lib.meshes import clean_mesh, normalise_to_frame
 
 if TYPE_CHECKING:
@@ -57,9 +57,21 @@ class InflateGenerator:
     name = "inflate"
     version = "1.0"
 
-    def __init__(self, device: torch.device, dtype: str = "auto", face_budget: int | None = None):
-        """`dtype` is `auto` (float32), `float32` or `float64`: distances need more than half precision."""
+    def __init__(
+        self,
+        device: torch.device,
+        dtype: str = "auto",
+        face_budget: int | None = None,
+        background: str = "auto",
+        background_model_path: str | None = None,
+    ):
+        """`dtype` is `auto` (float32), `float32` or `float64`: distances need more than half precision.
+
+        `background` picks the remover for images without alpha (lib/background.py).
+        """
         import torch
+
+        from orfeas_pipelines.lib.background import create_remover
 
         if face_budget is not None and face_budget < 4:
             raise ValueError(f"face_budget must be at least 4, got {face_budget}")
@@ -68,6 +80,7 @@ class InflateGenerator:
         self.device = torch.device(device)
         self.dtype = torch.float64 if dtype == "float64" else torch.float32
         self.face_budget = face_budget
+        self.remover = create_remover(background, background_model_path)
 
     def batch_key(self, request: GenerationRequest) -> int:
         return request.resolution
@@ -90,14 +103,19 @@ class InflateGenerator:
             return [GenerationResult(key=request.key, error=f"{request.key}: {reason}") for request in requests]
 
         errors: dict[int, str] = {}
+        foregrounds: dict[int, Foreground] = {}
         planes, valid, alpha_items = [], [], []
         for index, request in enumerate(requests):
             problem = _image_problem(request.image)
+            request_image = np.zeros((1, 1, 4), dtype=np.uint8)
             if problem:
                 errors[index] = f"{request.key}: {problem}"
-                request_image = np.zeros((1, 1, 4), dtype=np.uint8)
             else:
-                request_image = request.image
+                foregrounds[index] = find_foreground(request.image, self.remover)
+                if foregrounds[index].found:
+                    request_image = foregrounds[index].image
+                else:
+                    errors[index] = f"{request.key}: {foregrounds[index].not_found_reason()}"
             plane, inside = _onto_grid(request_image, resolution, self.device, self.dtype)
             planes.append(plane)
             valid.append(inside)
@@ -115,16 +133,18 @@ class InflateGenerator:
         def finish(index: int) -> GenerationResult:
             key = requests[index].key
             if index in errors:
-                return GenerationResult(key=key, error=errors[index])
+                mask = foregrounds[index].mask if index in foregrounds else None
+                return GenerationResult(key=key, error=errors[index], mask=mask)
+            foreground = foregrounds[index]
             if not mask_maps[index].any():
-                reason = "no foreground found (the image is empty or all one colour)"
-                return GenerationResult(key=key, error=f"{key}: {reason}")
+                error = f"{key}: {foreground.not_found_reason()} (the object vanished at resolution {resolution})"
+                return GenerationResult(key=key, error=error, mask=foreground.mask)
             try:
                 mesh = _surface(height_maps[index], mask_maps[index], colour_planes[index], self.face_budget)
             except ValueError as error:
-                return GenerationResult(key=key, error=f"{key}: no mesh could be made ({error})")
-            metrics = {"foreground_fraction": float(mask_maps[index].mean()), "resolution": resolution}
-            return GenerationResult(key=key, mesh=mesh, metrics=metrics)
+                return GenerationResult(key=key, error=f"{key}: no mesh could be made ({error})", mask=foreground.mask)
+            metrics = {"resolution": resolution, **foreground.metrics()}
+            return GenerationResult(key=key, mesh=mesh, metrics=metrics, mask=foreground.mask)
 
         if len(requests) == 1:
             return [finish(0)]
@@ -172,8 +192,7 @@ def _onto_grid(image: np.ndarray, resolution: int, device: torch.device, dtype: 
     """The image scaled to fit the grid inside its margin, centred: (4, R, R) plane, (R, R) valid.
 
     Colour is resized premultiplied by alpha so transparent pixels do not bleed into the
-    edges. Opaque images are padded by repeating their border, so the border colour that
-    the mask estimates is the image's own.
+    edges; the padding is transparent (the alpha holds the decided object).
     """
     import torch
     import torch.nn.functional as F
@@ -188,8 +207,7 @@ def _onto_grid(image: np.ndarray, resolution: int, device: torch.device, dtype: 
     resized = resized.clamp(0.0, 1.0)
     top, left = (resolution - new_height) // 2, (resolution - new_width) // 2
     padding = (left, resolution - new_width - left, top, resolution - new_height - top)
-    opaque = bool((image[..., 3] == 255).all())
-    plane = F.pad(resized, padding, mode="replicate") if opaque else F.pad(resized, padding)
+    plane = F.pad(resized, padding)
     valid = torch.zeros((resolution, resolution), dtype=torch.bool, device=device)
     valid[top : top + new_height, left : left + new_width] = True
     return plane[0], valid

@@ -155,6 +155,8 @@ def test_an_opaque_image_gets_the_projects_mask(tiny_hunyuan3d_model_path):
 
     assert from_alpha.ok and from_mask.ok
     assert np.array_equal(from_alpha.mesh.vertices, from_mask.mesh.vertices)
+    assert from_mask.metrics["quality"]["verdict"] == "ok" and from_mask.metrics["foreground_fraction"] > 0
+    assert from_alpha.metrics["background"] == ["alpha channel"] and np.array_equal(from_alpha.mask, from_mask.mask)
 
 
 @pytest.mark.slow
@@ -167,7 +169,8 @@ def test_items_without_a_surface_or_a_foreground_are_item_errors(tiny_hunyuan3d_
     assert [result.key for result in results] == ["star", "ring", "disk", "blank"]
     assert all(result.mesh is None for result in results)
     assert all(result.error.startswith(f"{result.key}: no surface at mc_level 1000.0") for result in results[:3])
-    assert results[3].error == "blank: no foreground found (the image is empty or all one colour)"
+    assert results[3].error.startswith("blank: no foreground found (tried: border colour key")
+    assert "alpha channel" in results[3].error and "background: rembg" in results[3].error
 
 
 def test_a_missing_folder_names_the_files_expected(tmp_path):
