@@ -61,7 +61,8 @@ MESH_CHECKS = [
         partitions_def=images_partitions,
         description="The image's mesh is non-empty, watertight, finite and free of degenerate "
         "faces. Fails, with the reason, for an image that gave no usable mesh and never will "
-        "(not an image, no foreground, not an accepted job).",
+        "(not an image, no foreground, not an accepted job); warns, with the reasons, for a "
+        "delivered mesh whose quality verdict is `suspect` (the mask may not be the object).",
     ),
     dg.AssetCheckSpec(
         BATCH_CHECK,
@@ -194,7 +195,7 @@ def _run_window(
         if failure is None:
             tally.delivered += 1
             yield dg.AssetMaterialization(MESH, partition=key, metadata=_delivery_metadata(outcome))
-            yield _valid_evaluation(key, True, {"faces": outcome.metrics.get("faces", 0)})
+            yield _verdict_evaluation(key, outcome)
         elif failure.retryable:
             tally.retryable[key] = failure.message
             context.log.error(f"{failure.message} (will be retried)")
@@ -258,8 +259,20 @@ def _keys_to_run(context: dg.AssetExecutionContext) -> list[str]:
     return [key for key in keys if key not in delivered]
 
 
-def _valid_evaluation(key: str, passed: bool, metadata: dict) -> dg.AssetCheckEvaluation:
-    return dg.AssetCheckEvaluation(asset_key=MESH, check_name=VALID_CHECK, passed=passed, partition=key, metadata=metadata)
+def _valid_evaluation(key: str, passed: bool, metadata: dict, warn: bool = False) -> dg.AssetCheckEvaluation:
+    severity = dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR
+    return dg.AssetCheckEvaluation(
+        asset_key=MESH, check_name=VALID_CHECK, passed=passed, partition=key, metadata=metadata, severity=severity
+    )
+
+
+def _verdict_evaluation(key: str, outcome: "Delivery") -> dg.AssetCheckEvaluation:
+    """A delivered mesh passes; a suspect one (delivered, but maybe not the object) warns with its reasons."""
+    quality = outcome.quality or {"verdict": "ok", "reasons": []}
+    metadata = {"faces": outcome.metrics.get("faces", 0), "verdict": quality["verdict"]}
+    if quality["verdict"] == "ok":
+        return _valid_evaluation(key, True, metadata)
+    return _valid_evaluation(key, False, {**metadata, "reasons": dg.MetadataValue.json(quality["reasons"])}, warn=True)
 
 
 def _delivery_metadata(outcome: "Delivery") -> dict:

@@ -133,6 +133,8 @@ def _image_update(event, timestamp: float):
         evaluation = event.asset_check_evaluation_data
         if evaluation.check_name != VALID_CHECK or evaluation.passed or evaluation.partition is None:
             return None
+        if evaluation.severity == dg.AssetCheckSeverity.WARN:
+            return None  # a suspect mesh: delivered, its verdict travels with the delivery
         error = evaluation.metadata.get("error")
         update = ImageUpdate(file_of(evaluation.partition), "failed", error=error.value if error else None,
                              order=timestamp)
