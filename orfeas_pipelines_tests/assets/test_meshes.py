@@ -256,3 +256,18 @@ def test_hunyuan3d_backend_selected_by_config_runs_the_same_asset(
     assert instance.get_materialized_partitions(MESH) == set(keys)
     delivered = [outbox.read_status(home, job_id)["state"] for job_id in job_ids]
     assert delivered == ["succeeded"] * 3, delivered
+
+
+def test_a_suspect_mesh_is_delivered_and_its_check_warns_with_the_reasons(home, agent, instance):
+    busy = Path(__file__).parents[1] / "data" / "photos" / "busy" / "astronaut.jpg"
+    [job_id] = submit_images(home, agent, [busy], resolution=64)
+    [key] = register_pending(home, instance).dynamic_partitions_requests[0].partition_keys
+
+    result = run_range(instance, [key])
+
+    assert result.success and instance.get_materialized_partitions(MESH) == {key}
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == VALID_CHECK]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.metadata["reasons"].value
+    [image] = outbox.read_status(home, job_id)["images"]
+    assert image["state"] == "succeeded" and image["quality"]["verdict"] == "suspect" and image["quality"]["reasons"]
+    assert drain_keys(instance) == []
