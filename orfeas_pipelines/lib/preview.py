@@ -2,10 +2,10 @@
 images (Markdown data URIs) for the Dagster UI.
 
 The renderer is an orthographic z-buffer written with whole-array numpy operations, no loop
-over triangles: every front-facing triangle is expanded into the pixel centres of its bounding
-box, those inside it keep their interpolated depth, and the nearest one per pixel wins. A
-closed mesh therefore has no holes whatever the triangle size, and a 50k-face mesh renders in
-a few milliseconds at 256x256.
+over triangles: every front-facing triangle is rasterised into the pixel centres it covers
+(vectorised scanline spans), each with its interpolated depth, and the nearest one per pixel
+wins. A closed mesh therefore has no holes whatever the size of its triangles, and a
+50k-face mesh renders in well under 10 ms of CPU time at 256x256.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ ELEVATION_DEGREES = 25.0
 DATA_URI_BUDGET = 24_000
 """Characters an inline image may take; Dagster's event store and UI limit metadata size."""
 
-_LIGHT = np.array([-0.4, 0.5, 1.0]) / np.linalg.norm([-0.4, 0.5, 1.0])
+_LIGHT = (np.array([-0.4, 0.5, 1.0]) / np.linalg.norm([-0.4, 0.5, 1.0])).astype(np.float32)
 """Towards the light in camera coordinates (x right, y up, z at the viewer): above left."""
 _AMBIENT = 0.3
 _PLAIN_COLOUR = np.array([180, 180, 190], dtype=np.uint8)
@@ -50,7 +50,11 @@ def camera_rotation(azimuth_degrees: float = AZIMUTH_DEGREES, elevation_degrees:
 
 def render_preview_rgba(mesh: trimesh.Trimesh, size: int = PREVIEW_SIZE) -> np.ndarray:
     """The mesh seen from the fixed three-quarter camera: (size, size, 4) uint8, transparent
-    where there is no mesh, Lambert-shaded vertex colours where there is."""
+    where there is no mesh, Lambert-shaded vertex colours where there is.
+
+    Faces turned away from the camera are skipped, as they are hidden on a closed mesh with
+    outward normals (what `meshes.clean_mesh` makes).
+    """
     vertices = np.asarray(mesh.vertices, dtype=np.float32)
     faces = np.asarray(mesh.faces)
     if len(faces) == 0 or len(vertices) == 0:
@@ -211,7 +215,16 @@ def _fragments(triangle: _Triangles, size: int):
     span_depth = depth_y[face] * centre_y + depth_origin[face]
     span_face = face[span]
     depth = span_depth[span] + depth_x[span_face] * (column.astype(np.float32) + np.float32(0.5))
+    # A sliver's depth plane is steep: keep its depths between its corners' own.
+    nearest, farthest = _extremes(triangle.depth)
+    depth = np.clip(depth, farthest[span_face], nearest[span_face])
     return row[span] * size + column, depth, span_face
+
+
+def _extremes(values):
+    """Element-wise (largest, smallest) of three arrays."""
+    first, second, third = values
+    return np.maximum(np.maximum(first, second), third), np.minimum(np.minimum(first, second), third)
 
 
 def _sorted_by_row(xs, ys):
