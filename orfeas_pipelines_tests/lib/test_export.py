@@ -145,9 +145,11 @@ def validator_reports(paths: list[Path]) -> list[dict]:
 
 
 def test_the_khronos_validator_reports_nothing_for_any_samples_glb(tmp_path, sample_meshes):
-    paths = [export_mesh(mesh, tmp_path, name, ["glb"])["glb"] for name, mesh in sample_meshes.items()]
+    """The samples' meshes, and one without colours (Hunyuan3D-2's meshes have none)."""
+    meshes = {**sample_meshes, "plain": trimesh.creation.icosphere()}
+    paths = [export_mesh(mesh, tmp_path, name, ["glb"])["glb"] for name, mesh in meshes.items()]
     reports = validator_reports(paths)
-    assert len(reports) == len(paths) == len(sample_image_paths())
+    assert len(reports) == len(paths) == len(sample_image_paths()) + 1
     for report in reports:
         counts = [report[kind] for kind in ("errors", "warnings", "infos", "hints")]
         assert counts == [0, 0, 0, 0], report
