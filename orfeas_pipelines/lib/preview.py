@@ -337,7 +337,7 @@ def _resized_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     values = mask.astype(np.float32)
     if mask.dtype != bool and values.max(initial=0) > 1:
         values /= 255.0
-    resized = Image.fromarray(values, mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(values).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
     return np.asarray(resized) >= 0.5
 
 
