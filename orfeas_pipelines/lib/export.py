@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import struct
 from pathlib import Path
 from typing import Iterable
@@ -46,8 +47,10 @@ def export_mesh(
         raise ValueError(f"unknown mesh format {unknown[0]!r}: choose from {', '.join(MESH_FORMATS)}")
     if not stem or Path(stem).name != stem or stem in (".", ".."):
         raise ValueError(f"file stem {stem!r} must be a plain file name without folders")
-    if isinstance(size_mm, bool) or not isinstance(size_mm, (int, float)) or not math.isfinite(size_mm) or size_mm <= 0:
+    if isinstance(size_mm, bool) or not isinstance(size_mm, numbers.Real) or not math.isfinite(size_mm) or size_mm <= 0:
         raise ValueError(f"size_mm {size_mm!r} must be a positive number of millimetres")
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot export an empty mesh")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}

@@ -219,6 +219,17 @@ def test_stl_is_binary(tmp_path):
     assert path.stat().st_size == 84 + 50 * len(sphere.faces)
 
 
+def test_an_empty_mesh_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="cannot export an empty mesh"):
+        export_mesh(trimesh.Trimesh(), tmp_path, "nothing", MESH_FORMATS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_numpy_sizes_are_numbers_too(tmp_path):
+    path = export_mesh(two_coloured_sphere(), tmp_path, "ball", ["stl"], size_mm=np.int64(20))["stl"]
+    assert max(trimesh.load(path).extents) == pytest.approx(20)
+
+
 def test_unknown_format_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="unknown mesh format 'fbx'"):
         export_mesh(two_coloured_sphere(), tmp_path, "ball", ["stl", "fbx"])
