@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ORFEAS_HOME ?= $(CURDIR)/orfeas_data
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test dev install install-full clean
+.PHONY: demo test dev install install-full validators clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,31 @@ $(VENV)/.installed-full: pyproject.toml setup.py | $(BIN)/python
 	$(PIP) install -q -e '.[hunyuan3d,postgres,test]'
 	touch $@ $(VENV)/.installed-base
 
+# Independent checkers the tests run on exported meshes: the Khronos glTF Validator (npm,
+# into .tools/), admesh and PrusaSlicer (Debian, installed when root; otherwise the tests that
+# need them fail saying how to install them).
+GLTF_VALIDATOR := gltf-validator@2.0.0-dev.3.10
+DEBIAN_CHECKERS := admesh prusa-slicer
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0
+.tools/.installed-validators: Makefile
+	npm install --prefix .tools --no-audit --no-fund --loglevel=error $(GLTF_VALIDATOR)
+	@missing="$$(for tool in $(DEBIAN_CHECKERS); do command -v $$tool >/dev/null || echo $$tool; done)"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		$(APT_GET) install $(DEBIAN_CHECKERS) >/dev/null || \
+		{ $(APT_GET) update >/dev/null && $(APT_GET) install $(DEBIAN_CHECKERS) >/dev/null; }; \
+	else echo "make validators: $$missing missing; as root: apt-get install -y $(DEBIAN_CHECKERS)" >&2; fi
+	touch $@
+
+validators: .tools/.installed-validators
+
 install: $(VENV)/.installed-base
 install-full: $(VENV)/.installed-full
 
 demo: $(VENV)/.installed-base
 	ORFEAS_HOME=$(ORFEAS_HOME) $(BIN)/orfeas demo
 
-test: $(VENV)/.installed-full
+test: $(VENV)/.installed-full validators
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 	$(BIN)/python -m pytest -q
@@ -39,4 +57,4 @@ dev: $(VENV)/.installed-base
 		$(BIN)/dagster dev -w workspace.yaml
 
 clean:
-	rm -rf $(VENV) orfeas_data .pytest_cache
+	rm -rf $(VENV) orfeas_data .pytest_cache .tools

@@ -6,6 +6,7 @@ stay fast. Errors are one line on stderr naming the thing and the reason.
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -100,6 +101,7 @@ def _image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="stl", type=_formats, help="comma list of stl,glb,obj,ply")
     parser.add_argument("--resolution", default=128, type=int)
     parser.add_argument("--seed", default=0, type=int)
+    parser.add_argument("--size-mm", type=_size_mm, help="largest side of the STL in millimetres (default 100)")
 
 
 def _home_option(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +118,19 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
+def _size_mm(text: str) -> int | float:
+    """A positive number of millimetres, kept an int when it is one (it goes into job.json)."""
+    from orfeas_pipelines.lib.intake.manifest import MAX_SIZE_MM, MIN_SIZE_MM
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not MIN_SIZE_MM <= value <= MAX_SIZE_MM:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be a number of millimetres from {MIN_SIZE_MM} to {MAX_SIZE_MM}")
+    return int(value) if value.is_integer() else value
+
+
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -130,7 +145,7 @@ def _batch_size(text: str) -> int | None:
 
 def _generate(args: argparse.Namespace) -> int:
     from orfeas_pipelines.lib.batching import generate_in_batches
-    from orfeas_pipelines.lib.export import export_mesh
+    from orfeas_pipelines.lib.export import DEFAULT_SIZE_MM, export_mesh
     from orfeas_pipelines.lib.generation.base import GenerationRequest, create_generator
     from orfeas_pipelines.lib.images import ImageError, load_image
 
@@ -156,7 +171,8 @@ def _generate(args: argparse.Namespace) -> int:
             print(f"orfeas generate: {result.error}", file=sys.stderr)
             failed += 1
             continue
-        files = export_mesh(result.mesh, args.out, Path(request.key).stem, args.format)
+        size_mm = DEFAULT_SIZE_MM if args.size_mm is None else args.size_mm
+        files = export_mesh(result.mesh, args.out, Path(request.key).stem, args.format, size_mm=size_mm)
         line = {
             "image": request.key,
             "files": [str(path) for path in files.values()],
@@ -204,6 +220,7 @@ def _submit(args: argparse.Namespace) -> int:
         formats=tuple(args.format),
         resolution=args.resolution,
         seed=args.seed,
+        size_mm=args.size_mm,
     )
     print(job_id)
     return 0

@@ -142,3 +142,27 @@ def test_bench_without_a_suite_fails_when_a_suite_fails(monkeypatch, capsys):
     fake_every_suite(monkeypatch, broken=("intake",))
     assert main(["bench"]) == 1
     assert "no disk left" in capsys.readouterr().err
+
+
+def test_size_mm_sets_the_largest_side_of_generated_and_submitted_stls(home, image_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", str(image_files[0]), "--out", str(out), "--resolution", "48", "--size-mm", "42.5"]) == 0
+    assert max(trimesh.load(out / f"{image_files[0].stem}.stl").extents) == pytest.approx(42.5)
+    assert main(["generate", str(image_files[0]), "--out", str(out), "--resolution", "48", "--format", "stl,ply"]) == 0
+    assert max(trimesh.load(out / f"{image_files[0].stem}.stl").extents) == pytest.approx(100)
+    assert max(trimesh.load(out / f"{image_files[0].stem}.ply").extents) == pytest.approx(1)
+
+    main(["agent", "create-key", "bot", "--home", str(home.root)])
+    secret = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["submit", str(image_files[0]), "--agent", "bot", "--key", secret, "--home", str(home.root),
+                 "--size-mm", "150"]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert json.loads((home.inbox / job_id / "job.json").read_text())["params"]["size_mm"] == 150
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "huge", "nan", "20000"])
+def test_a_size_mm_that_is_not_a_sensible_number_of_millimetres_is_a_usage_error(tmp_path, image_files, capsys, size):
+    with pytest.raises(SystemExit) as caught:
+        main(["generate", str(image_files[0]), "--out", str(tmp_path), "--size-mm", size])
+    assert caught.value.code == 2
+    assert f"size {size!r} must be a number of millimetres from 1 to 10000" in capsys.readouterr().err

@@ -1,33 +1,45 @@
-"""Writing meshes to the contract's file formats, and a small preview picture of each.
+"""Writing meshes to the contract's file formats, and the preview picture of each.
 
-Files are written to a temporary name in the same folder and renamed, so a reader never
-sees half a file.
+GLB, OBJ and PLY keep the unit frame (centred, largest side 1, a metre in glTF); STL is in
+millimetres with its largest side `size_mm`, as slicers read it. GLB is written here rather
+than by trimesh so that it is what the glTF specification asks for: linear `COLOR_0`, unit
+vertex normals and every bufferView's target (the Khronos validator reports nothing). OBJ
+and PLY carry the sRGB vertex colours as they are. Files are written to a temporary name in
+the same folder and renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import io
+import json
+import math
+import numbers
+import struct
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import trimesh
-from PIL import Image, ImageDraw
 
 from orfeas_pipelines.lib.home import write_bytes_atomic
+from orfeas_pipelines.lib.preview import PREVIEW_SIZE, render_preview_png
 
 MESH_FORMATS = ("stl", "glb", "obj", "ply")
+DEFAULT_SIZE_MM = 100.0
+"""The largest side of an STL in millimetres unless the job says otherwise."""
 
-_LIGHT = np.array([-0.4, 0.5, 1.0]) / np.linalg.norm([-0.4, 0.5, 1.0])
-_AMBIENT = 0.35
-_PLAIN_COLOUR = np.array([180.0, 180.0, 190.0])
+_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
+_FLOAT, _UNSIGNED_INT = 5126, 5125
+_TRIANGLES = 4
 
 
-def export_mesh(mesh: trimesh.Trimesh, out_dir: Path, stem: str, formats: Iterable[str]) -> dict[str, Path]:
+def export_mesh(
+    mesh: trimesh.Trimesh, out_dir: Path, stem: str, formats: Iterable[str], size_mm: float = DEFAULT_SIZE_MM
+) -> dict[str, Path]:
     """Write `out_dir/<stem>.<fmt>` for each format; returns {format: path}.
 
-    STL is binary; GLB, OBJ and PLY carry the vertex colours. All formats are checked
-    before anything is written.
+    STL is binary, in millimetres, centred, its largest side `size_mm`; the other formats are
+    written in the mesh's own (unit) frame. Formats, stem and size are all checked before
+    anything is written.
     """
     formats = list(dict.fromkeys(formats))
     unknown = [fmt for fmt in formats if fmt not in MESH_FORMATS]
@@ -35,54 +47,119 @@ def export_mesh(mesh: trimesh.Trimesh, out_dir: Path, stem: str, formats: Iterab
         raise ValueError(f"unknown mesh format {unknown[0]!r}: choose from {', '.join(MESH_FORMATS)}")
     if not stem or Path(stem).name != stem or stem in (".", ".."):
         raise ValueError(f"file stem {stem!r} must be a plain file name without folders")
+    if isinstance(size_mm, bool) or not isinstance(size_mm, numbers.Real) or not math.isfinite(size_mm) or size_mm <= 0:
+        raise ValueError(f"size_mm {size_mm!r} must be a positive number of millimetres")
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot export an empty mesh")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for fmt in formats:
-        data = mesh.export(file_type=fmt)
         path = out_dir / f"{stem}.{fmt}"
-        write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
+        write_bytes_atomic(path, _encoded(mesh, fmt, float(size_mm)))
         written[fmt] = path
     return written
 
 
-def render_preview(mesh: trimesh.Trimesh, path: Path, size: int = 256) -> Path:
-    """A size x size RGBA PNG of the mesh as the camera sees it (orthographic, along -Z).
-
-    Painter's algorithm: front-facing triangles drawn from far to near, each filled with
-    its mean vertex colour under Lambert shading from a light above-left of the camera.
-    """
-    if len(mesh.faces) == 0:
-        raise ValueError("cannot render a preview of an empty mesh")
-    margin = max(2, size // 32)
-    lower, upper = mesh.bounds
-    span = float(max(upper[0] - lower[0], upper[1] - lower[1])) or 1.0
-    scale = (size - 2 * margin) / span
-    centre = (lower + upper) / 2
-    columns = (mesh.vertices[:, 0] - centre[0]) * scale + size / 2
-    rows = (centre[1] - mesh.vertices[:, 1]) * scale + size / 2
-    normals = mesh.face_normals
-    front = np.nonzero(normals[:, 2] > 0)[0]
-    order = front[np.argsort(mesh.triangles_center[front, 2], kind="stable")]
-    shade = _AMBIENT + (1 - _AMBIENT) * np.clip(normals[order] @ _LIGHT, 0, 1)
-    colours = np.clip(_face_colours(mesh)[order] * shade[:, None], 0, 255).astype(np.uint8)
-
-    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(image)
-    corners = np.stack([columns[mesh.faces[order]], rows[mesh.faces[order]]], axis=2)
-    for triangle, colour in zip(corners.tolist(), colours.tolist()):
-        draw.polygon([tuple(point) for point in triangle], fill=(*colour, 255))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+def render_preview(mesh: trimesh.Trimesh, path: Path, size: int = PREVIEW_SIZE) -> Path:
+    """Write the three-quarter view (`preview.render_preview_png`) to `path`; returns it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, render_preview_png(mesh, size))
     return path
 
 
-def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
+def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in 0..1 to linear light (the IEC 61966-2-1 curve glTF names)."""
+    srgb = np.asarray(srgb, dtype=np.float64)
+    return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+
+
+def glb_bytes(mesh: trimesh.Trimesh) -> bytes:
+    """glTF 2.0 binary of one mesh: float positions (with bounds), unit vertex normals,
+    linear `COLOR_0` when the mesh has vertex colours, uint32 triangle indices."""
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot write an empty mesh as GLB")
+    positions = np.asarray(mesh.vertices, dtype=np.float32)
+    attributes = {"POSITION": positions, "NORMAL": _unit_normals(mesh)}
     if mesh.visual.kind == "vertex":
-        return mesh.visual.vertex_colors[:, :3][mesh.faces].astype(float).mean(axis=1)
-    if mesh.visual.kind == "face":
-        return mesh.visual.face_colors[:, :3].astype(float)
-    return np.broadcast_to(_PLAIN_COLOUR, (len(mesh.faces), 3))
+        srgb = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
+        attributes["COLOR_0"] = srgb_to_linear(srgb).astype(np.float32)
+    indices = np.asarray(mesh.faces, dtype=np.uint32).reshape(-1)
+
+    blob, views, accessors = bytearray(), [], []
+    for name, values in [*attributes.items(), ("indices", indices)]:
+        views.append(
+            {
+                "buffer": 0,
+                "byteOffset": len(blob),
+                "byteLength": values.nbytes,
+                "target": _ELEMENT_ARRAY_BUFFER if name == "indices" else _ARRAY_BUFFER,
+            }
+        )
+        blob += values.tobytes()
+        blob += b"\0" * (-len(blob) % 4)
+        accessor = {
+            "bufferView": len(views) - 1,
+            "componentType": _UNSIGNED_INT if name == "indices" else _FLOAT,
+            "count": len(values),
+            "type": "SCALAR" if name == "indices" else "VEC3",
+        }
+        if name == "POSITION":
+            accessor["min"] = positions.min(axis=0).tolist()
+            accessor["max"] = positions.max(axis=0).tolist()
+        accessors.append(accessor)
+    primitive = {
+        "attributes": {name: index for index, name in enumerate(attributes)},
+        "indices": len(accessors) - 1,
+        "mode": _TRIANGLES,
+    }
+    document = {
+        "asset": {"version": "2.0", "generator": "orfeas-pipelines"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [primitive]}],
+        "buffers": [{"byteLength": len(blob)}],
+        "bufferViews": views,
+        "accessors": accessors,
+    }
+    text = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    total = 12 + 8 + len(text) + 8 + len(blob)
+    return b"".join(
+        [
+            struct.pack("<4sII", b"glTF", 2, total),
+            struct.pack("<I4s", len(text), b"JSON"),
+            text,
+            struct.pack("<I4s", len(blob), b"BIN\0"),
+            bytes(blob),
+        ]
+    )
+
+
+def _encoded(mesh: trimesh.Trimesh, fmt: str, size_mm: float) -> bytes:
+    if fmt == "glb":
+        return glb_bytes(mesh)
+    if fmt == "stl":
+        return _in_millimetres(mesh, size_mm).export(file_type="stl")
+    data = mesh.export(file_type=fmt)
+    return data.encode() if isinstance(data, str) else data
+
+
+def _in_millimetres(mesh: trimesh.Trimesh, size_mm: float) -> trimesh.Trimesh:
+    """A copy centred at the origin with its largest side `size_mm` (STL carries no unit)."""
+    lower, upper = mesh.bounds
+    largest = float((upper - lower).max())
+    if not math.isfinite(largest) or largest <= 0:
+        raise ValueError(f"cannot scale a mesh whose largest side is {largest} to {size_mm} mm")
+    vertices = (np.asarray(mesh.vertices) - (lower + upper) / 2) * (size_mm / largest)
+    return trimesh.Trimesh(vertices=vertices, faces=np.asarray(mesh.faces), process=False)
+
+
+def _unit_normals(mesh: trimesh.Trimesh) -> np.ndarray:
+    """Vertex normals of unit length in float32; a vertex whose faces cancel out (no
+    direction) gets +Z rather than a zero vector, which glTF forbids."""
+    normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
+    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
+    normals = np.where(lengths > 1e-6, normals / np.maximum(lengths, 1e-12), [0.0, 0.0, 1.0])
+    return normals.astype(np.float32)

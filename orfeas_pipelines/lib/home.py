@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,17 +69,24 @@ class OrfeasHome:
 
 
 def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write through a temp file in the same folder and rename, so readers never see half."""
+    """Write through a temp file in the same folder and rename, so readers never see half.
+
+    The file gets `mode` when one is given (secrets pass 0o600; the temp file is 0600 from
+    the start, so a secret is never readable by others), else the permissions any new file
+    gets: 0666 less the process umask, 0644 under the usual 022.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o666 if mode is None else 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
-        if mode is not None:
-            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -10,17 +10,19 @@ byte-identical to ours.
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError, field_validator
 
-from orfeas_pipelines.lib.export import MESH_FORMATS
+from orfeas_pipelines.lib.export import DEFAULT_SIZE_MM, MESH_FORMATS
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_IMAGES_PER_MANIFEST = 1024
+MIN_SIZE_MM, MAX_SIZE_MM = 1, 10_000
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
 
@@ -106,9 +108,23 @@ class OutputSpec(_Strict):
         return formats
 
 
+def _millimetres(value: Any) -> int | float:
+    """A JSON number kept as the agent wrote it (100 stays 100, 37.5 stays 37.5), because the
+    signature covers its text."""
+    if type(value) not in (int, float) or not math.isfinite(value) or not MIN_SIZE_MM <= value <= MAX_SIZE_MM:
+        raise ValueError(f"must be a number of millimetres from {MIN_SIZE_MM} to {MAX_SIZE_MM}")
+    return value
+
+
+Millimetres = Annotated[int | float, PlainValidator(_millimetres, json_schema_input_type=float)]
+
+
 class JobParams(_Strict):
+    """Every key is optional; `size_mm` is the largest side of the STL (section 6)."""
+
     resolution: Annotated[int, Field(ge=16, le=1024)] = 128
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    size_mm: Millimetres = DEFAULT_SIZE_MM
 
 
 class JobManifest(_Strict):

@@ -41,8 +41,10 @@ def build_manifest(
     seed: int,
     created_at: datetime,
     nonce: str | None = None,
+    size_mm: float | None = None,
 ) -> dict:
-    """A signed manifest v1 for `images` given as (file name, sha256 hex) pairs."""
+    """A signed manifest v1 for `images` given as (file name, sha256 hex) pairs; `size_mm`
+    is left out unless given, so the job gets the default (100)."""
     manifest = {
         "version": 1,
         "job_id": job_id,
@@ -53,6 +55,8 @@ def build_manifest(
         "output": {"formats": list(formats)},
         "params": {"resolution": resolution, "seed": seed},
     }
+    if size_mm is not None:
+        manifest["params"]["size_mm"] = size_mm
     manifest["signature"] = sign(manifest, secret)
     return manifest
 
@@ -67,6 +71,7 @@ def write_job(
     seed: int = 0,
     job_id: str | None = None,
     now: datetime | None = None,
+    size_mm: float | None = None,
 ) -> str:
     """Copy the images and a signed job.json into inbox/ atomically; returns the job id."""
     now = now or datetime.now(timezone.utc)
@@ -85,7 +90,7 @@ def write_job(
         raise SubmitError(f"image file names must be distinct within a job: {', '.join(duplicates)} given twice")
     contents = [_read(path) for path in paths]
     entries = [(name, hashlib.sha256(data).hexdigest()) for name, data in zip(names, contents)]
-    manifest = build_manifest(job_id, agent_id, entries, secret, formats, resolution, seed, now)
+    manifest = build_manifest(job_id, agent_id, entries, secret, formats, resolution, seed, now, size_mm=size_mm)
     raw = json.dumps(manifest, indent=2).encode("utf-8")
     try:
         parse_manifest(raw)

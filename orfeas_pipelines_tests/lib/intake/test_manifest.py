@@ -160,3 +160,27 @@ def test_any_field_replaced_by_arbitrary_json_parses_or_raises_intake_error(fiel
         assert error.code in ("bad_manifest", "unknown_version")
     else:
         assert getattr(manifest, field) is not None
+
+
+def test_size_mm_is_optional_and_a_number_keeps_the_text_the_agent_signed():
+    assert parse_manifest(raw(valid())).params.size_mm == 100
+    for size_mm in (100, 37.5, 100.0):
+        data = build_manifest("job-1", "agent-a", [("chair.png", "a" * 64)], SECRET, ["stl"], 128, 0, NOW, size_mm=size_mm)
+        manifest = parse_manifest(raw(data))
+        assert repr(manifest.params.size_mm) == repr(size_mm)
+        assert manifest.signed_fields() == {key: value for key, value in data.items() if key != "signature"}
+
+
+@pytest.mark.parametrize("size_mm", [0, 0.5, -10, 10_001, "100", True, None, [100]])
+def test_a_size_mm_that_is_not_a_sensible_number_of_millimetres_is_bad_manifest(size_mm):
+    data = valid()
+    data["params"]["size_mm"] = size_mm
+    with pytest.raises(IntakeError) as caught:
+        parse_manifest(raw(data))
+    assert caught.value.code == "bad_manifest"
+    assert caught.value.message == "job.json field params.size_mm: Value error, must be a number of millimetres from 1 to 10000"
+
+
+def test_a_non_finite_size_mm_is_refused():
+    data = raw(valid()).replace(b'"seed": 7', b'"seed": 7, "size_mm": Infinity')
+    assert code_of(data) == "bad_manifest"
