@@ -176,6 +176,7 @@ def _run_window(
 
     with tally.stage("decode"):
         requests, load_failures = load_requests(home, window)
+    requests_by_key = {request.key: request for request in requests}
     window_batches: list = []
     with tally.stage("generate"):
         results = {result.key: result for result in mesh_generator.generate(requests, on_batch=window_batches.append)}
@@ -188,7 +189,7 @@ def _run_window(
         return True
     for key in window:
         failure = load_failures.get(key)
-        outcome = None if failure else deliver(home, key, results[key])
+        outcome = None if failure else deliver(home, requests_by_key[key], results[key])
         failure = failure or outcome.failure
         for stage, seconds in (outcome.seconds.items() if outcome else ()):
             tally.seconds[stage] += seconds
@@ -202,7 +203,10 @@ def _run_window(
         else:
             tally.failed[key] = failure.message
             context.log.error(failure.message)
-            yield _valid_evaluation(key, False, {"error": failure.message, "code": failure.code})
+            metadata = {"error": failure.message, "code": failure.code}
+            if outcome is not None and outcome.pictures:
+                metadata["pictures"] = dg.MetadataValue.md(outcome.pictures)
+            yield _valid_evaluation(key, False, metadata)
     return False
 
 
@@ -279,6 +283,7 @@ def _delivery_metadata(outcome: "Delivery") -> dict:
     """Per-image facts shown on the partition: the mesh, its files and how it was made."""
     metadata = {name: value for name, value in outcome.metrics.items() if isinstance(value, (int, float, str, bool))}
     metadata["files"] = dg.MetadataValue.json(outcome.outputs)
+    metadata["pictures"] = dg.MetadataValue.md(outcome.pictures)
     metadata["folder"] = dg.MetadataValue.path(str(outcome.folder))
     if outcome.quality is not None:
         metadata["verdict"] = outcome.quality.get("verdict", "ok")

@@ -41,6 +41,8 @@ class Delivery:
     folder: Path
     failure: Failure | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    pictures: str = ""
+    """Markdown with the input, the mask over it and the mesh preview as small inline images."""
 
 
 def job_id_of(partition_key: str) -> str:
@@ -70,32 +72,53 @@ def load_requests(home: OrfeasHome, keys: list[str]) -> tuple[list[GenerationReq
     return requests, failures
 
 
-def deliver(home: OrfeasHome, key: str, result: GenerationResult) -> Delivery:
-    """Write the job's formats and a preview for a valid mesh; classify anything else."""
+def deliver(home: OrfeasHome, request: GenerationRequest, result: GenerationResult) -> Delivery:
+    """Write the job's formats and a preview for a valid mesh; classify anything else.
+
+    Either way the outcome carries the pictures a person needs to judge it: the input, the
+    mask over it and, when there is one, the mesh.
+    """
     from orfeas_pipelines.lib.export import export_mesh, render_preview
     from orfeas_pipelines.lib.meshes import mesh_problems, mesh_summary
 
+    key = request.key
     job_id, stem = job_id_of(key), Path(file_of(key)).stem
     folder = home.outbox / job_id
     quality = result.metrics.get("quality")
     metrics = {name: value for name, value in result.metrics.items() if name != "quality"}
     if not result.ok:
         failure = Failure(result.error or f"{key}: no mesh produced", "generation_failed", result.retryable)
-        return Delivery({}, metrics, quality, folder, failure)
+        return Delivery({}, metrics, quality, folder, failure, pictures=pictures_markdown(request.image, result.mask))
     problems = mesh_problems(result.mesh)
     if problems:
-        return Delivery({}, metrics, quality, folder, Failure(f"{key}: {'; '.join(problems)}", "invalid_mesh"))
+        failure = Failure(f"{key}: {'; '.join(problems)}", "invalid_mesh")
+        return Delivery({}, metrics, quality, folder, failure, pictures=pictures_markdown(request.image, result.mask))
     manifest = job_manifest(home, job_id)
     started = time.perf_counter()
     try:
-        files = export_mesh(result.mesh, folder, stem, manifest.output.formats)
+        files = export_mesh(result.mesh, folder, stem, manifest.output.formats, manifest.params.size_mm)
         exported = time.perf_counter()
-        render_preview(result.mesh, folder / f"{stem}.png")
+        preview = render_preview(result.mesh, folder / f"{stem}.png")
     except OSError as error:
         return Delivery({}, metrics, quality, folder, Failure(f"{key}: cannot write files ({error})", "io_error", True))
-    seconds = {"export": exported - started, "preview": time.perf_counter() - exported}
+    previewed = time.perf_counter()
+    pictures = pictures_markdown(request.image, result.mask, preview)
+    seconds = {"export": exported - started, "preview": previewed - exported, "pictures": time.perf_counter() - previewed}
     metrics.update(mesh_summary(result.mesh))
-    return Delivery({fmt: path.name for fmt, path in files.items()}, metrics, quality, folder, seconds=seconds)
+    outputs = {fmt: path.name for fmt, path in files.items()}
+    return Delivery(outputs, metrics, quality, folder, seconds=seconds, pictures=pictures)
+
+
+def pictures_markdown(image, mask, preview=None) -> str:
+    """Input, mask over the input and mesh preview side by side, each a small inline PNG."""
+    from orfeas_pipelines.lib.preview import mask_overlay_data_uri, thumbnail_data_uri
+
+    cells = [("input", thumbnail_data_uri(image))]
+    if mask is not None and mask.any():
+        cells.append(("mask", mask_overlay_data_uri(image, mask)))
+    if preview is not None:
+        cells.append(("mesh", thumbnail_data_uri(preview)))
+    return " ".join(f"![{name}]({uri})" for name, uri in cells)
 
 
 def job_manifest(home: OrfeasHome, job_id: str) -> JobManifest:

@@ -21,7 +21,7 @@ import numpy as np
 import trimesh
 
 from orfeas_pipelines.lib.home import write_bytes_atomic
-from orfeas_pipelines.lib.preview import PREVIEW_SIZE, render_preview_png
+from orfeas_pipelines.lib.preview import PREVIEW_SIZE, png_bytes, render_preview_rgba
 
 MESH_FORMATS = ("stl", "glb", "obj", "ply")
 DEFAULT_SIZE_MM = 100.0
@@ -61,11 +61,11 @@ def export_mesh(
     return written
 
 
-def render_preview(mesh: trimesh.Trimesh, path: Path, size: int = PREVIEW_SIZE) -> Path:
-    """Write the three-quarter view (`preview.render_preview_png`) to `path`; returns it."""
-    path = Path(path)
-    write_bytes_atomic(path, render_preview_png(mesh, size))
-    return path
+def render_preview(mesh: trimesh.Trimesh, path: Path, size: int = PREVIEW_SIZE) -> np.ndarray:
+    """Write the three-quarter view to `path` as PNG; returns its RGBA pixels for reuse."""
+    pixels = render_preview_rgba(mesh, size)
+    write_bytes_atomic(Path(path), png_bytes(pixels))
+    return pixels
 
 
 def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
@@ -153,7 +153,10 @@ def _in_millimetres(mesh: trimesh.Trimesh, size_mm: float) -> trimesh.Trimesh:
     if not math.isfinite(largest) or largest <= 0:
         raise ValueError(f"cannot scale a mesh whose largest side is {largest} to {size_mm} mm")
     vertices = (np.asarray(mesh.vertices) - (lower + upper) / 2) * (size_mm / largest)
-    return trimesh.Trimesh(vertices=vertices, faces=np.asarray(mesh.faces), process=False)
+    # STL stores float32: facet normals are computed from the stored coordinates, so a sliver
+    # face's normal agrees with what a reader (admesh, a slicer) recomputes from them.
+    stored = vertices.astype(np.float32).astype(np.float64)
+    return trimesh.Trimesh(vertices=stored, faces=np.asarray(mesh.faces), process=False)
 
 
 def _unit_normals(mesh: trimesh.Trimesh) -> np.ndarray:

@@ -124,7 +124,7 @@ def _image_update(event, timestamp: float):
         materialization = event.step_materialization_data.materialization
         metadata = {name: value.value for name, value in materialization.metadata.items()}
         quality, outputs = metadata.pop("quality", None), metadata.pop("files", {})
-        metrics = {name: value for name, value in metadata.items() if name not in ("folder", "verdict")}
+        metrics = {name: value for name, value in metadata.items() if name not in ("folder", "verdict", "pictures")}
         key = materialization.partition
         update = ImageUpdate(file_of(key), "succeeded", outputs=outputs, metrics=metrics, quality=quality,
                              order=timestamp)

@@ -251,15 +251,16 @@ def test_meshes_and_previews_honour_the_umask(tmp_path):
     previous = os.umask(0o027)
     try:
         written = export_mesh(two_coloured_sphere(), tmp_path, "ball", MESH_FORMATS)
-        preview = render_preview(two_coloured_sphere(), tmp_path / "ball.png")
+        render_preview(two_coloured_sphere(), tmp_path / "ball.png")
     finally:
         os.umask(previous)
-    assert {path.stat().st_mode & 0o777 for path in [*written.values(), preview]} == {0o640}
+    assert {path.stat().st_mode & 0o777 for path in [*written.values(), tmp_path / "ball.png"]} == {0o640}
 
 
 def test_render_preview_writes_the_three_quarter_view(tmp_path):
-    path = render_preview(two_coloured_sphere(), tmp_path / "ball.png", size=64)
-    picture = np.asarray(Image.open(path))
+    pixels = render_preview(two_coloured_sphere(), tmp_path / "ball.png", size=64)
+    picture = np.asarray(Image.open(tmp_path / "ball.png"))
+    assert np.array_equal(picture, pixels)
     assert picture.shape == (64, 64, 4)
     assert picture[0, 0, 3] == 0 and picture[32, 32, 3] == 255
     left, right = picture[32, 12, :3].astype(int), picture[32, 52, :3].astype(int)
