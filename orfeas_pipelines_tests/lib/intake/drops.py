@@ -9,6 +9,7 @@ import os
 import secrets
 import stat
 import struct
+import time
 import zlib
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -198,7 +199,18 @@ def drop_bad_corpus(home: OrfeasHome, agent: AgentPolicy, now: datetime, outside
     expected["stray.txt"] = "not_a_job"
     (home.inbox / "stray-link").symlink_to(outside)
     expected["stray-link"] = "not_a_job"
+    age_entries(home.inbox, expected)
     return expected
+
+
+def age_entries(folder: Path, names, seconds: float = 3600.0) -> None:
+    """Date the entries and everything in them `seconds` back: drops no longer being written."""
+    when = time.time() - seconds
+    for name in names:
+        root = Path(folder) / name
+        paths = [root] if root.is_symlink() or not root.is_dir() else [root, *root.iterdir()]
+        for path in paths:
+            os.utime(path, (when, when), follow_symlinks=False)
 
 
 def drop_replays(home: OrfeasHome, agent: AgentPolicy, now: datetime, accepted_job_id: str) -> dict[str, str]:
