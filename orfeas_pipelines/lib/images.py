@@ -58,13 +58,14 @@ def decode_image(
     name: str,
     max_pixels: int = MAX_IMAGE_PIXELS,
     max_bytes: int = MAX_IMAGE_BYTES,
+    formats: tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """Fully decode `data` to RGBA uint8 (H, W, 4) as the picture is meant to be seen, with
     the checks of `verify_image`: the EXIF orientation of a phone photo is applied, and
     16-bit greyscale is scaled to 8 bits (Pillow's own conversion clips it to white)."""
     from PIL import Image, ImageOps
 
-    with _decoded(data, name, max_pixels, max_bytes, None) as image:
+    with _decoded(data, name, max_pixels, max_bytes, formats) as image:
         try:
             upright = ImageOps.exif_transpose(image)
         except Exception:  # noqa: BLE001 - a corrupt EXIF block: the pixels are fine as stored

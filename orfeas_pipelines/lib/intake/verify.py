@@ -191,8 +191,7 @@ def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits) -> Imag
 
 def check_image_policy(data: bytes, name: str, limits: ImageLimits) -> tuple[int, int]:
     """Intake's format and size policy on an image's bytes, fully decoded; returns (width, height)."""
-    if not _is_accepted_image_format(data):
-        raise ImageError(name, "not a PNG, JPEG or WebP file")
+    require_accepted_format(data, name)
     return verify_image(data, name, limits.max_pixels, limits.max_bytes, ACCEPTED_IMAGE_FORMATS)
 
 
@@ -240,9 +239,10 @@ def _read_bounded(handle: BinaryIO, expected_size: int, limit: int) -> bytes:
     return data
 
 
-def _is_accepted_image_format(data: bytes) -> bool:
+def require_accepted_format(data: bytes, name: str) -> None:
     """PNG, JPEG and WebP only, by magic bytes, so Pillow never reaches riskier decoders (EPS...)."""
-    return data.startswith(_IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    if not (data.startswith(_IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
+        raise ImageError(name, "not a PNG, JPEG or WebP file")
 
 
 def _quote(name: str) -> str:
