@@ -136,7 +136,7 @@ def process_inbox(
     limits: ImageLimits = ImageLimits(),
     only: Sequence[str] | None = None,
     max_seconds: float = MAX_TICK_SECONDS,
-    lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+    lock_timeout: float | None = None,
 ) -> IntakeOutcome:
     """Decide up to `max_jobs` accepted jobs (and about `max_images` images); the rest wait.
 
@@ -145,6 +145,7 @@ def process_inbox(
     Raises IntakeUnavailable, one line, when the lock stays busy or the disk is full.
     """
     home.ensure()
+    lock_timeout = LOCK_TIMEOUT_SECONDS if lock_timeout is None else lock_timeout
     lock = FileLock(str(home.state / "intake.lock"), timeout=lock_timeout)
     try:
         lock.acquire()

@@ -41,6 +41,16 @@ def png_claiming_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def jpeg_with_scans(size: int, extra_scans: int) -> bytes:
+    """A flat progressive JPEG whose last (tiny) scan is repeated: cheap to write, slow to decode."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (90, 120, 200)).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan = data.rindex(b"\xff\xda")
+    end = len(data) - 2
+    return data[:end] + data[last_scan:end] * extra_scans + data[end:]
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
