@@ -38,6 +38,8 @@ def audit_record(at: datetime, decision: str, entry: str, **fields: Any) -> dict
 
 def describe_entry(name: str) -> dict[str, str]:
     """`entry` as printable text, plus `entry_hex` (the raw bytes) when that text is not the name."""
+    if name.isprintable():  # the common case; an undecodable byte (a surrogate) is not printable
+        return {"entry": name}
     raw = os.fsencode(name)
     text = raw.decode("utf-8", "backslashreplace")
     printable = "".join(char if char.isprintable() else f"\\x{ord(char):02x}" for char in text)

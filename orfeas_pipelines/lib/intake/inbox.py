@@ -39,8 +39,6 @@ same entry twice; waiting for it past `lock_timeout` is an IntakeUnavailable.
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -77,7 +75,8 @@ HOLD_BACKOFF_SECONDS = (15.0, 3600.0)
 """First retry of a held entry, and the longest wait; the wait doubles in between."""
 RATE_WINDOW_SECONDS = 60.0
 _INCOMPLETE_CODES = ("bad_json", "image_missing")
-_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+_KEPT_MANIFEST_BYTES = 64 * 1024
+_KEPT_MANIFESTS_TOTAL = 64 * 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -184,7 +183,9 @@ class _Entry:
     path: Path
     inode: int
     is_folder: bool
-    agent_id: str | None
+    agent_id: str | None = None
+    raw_manifest: bytes | None = None
+    """job.json as the fair-order pass read it, kept (when small) so it is read once per tick."""
 
 
 class _Tick:
@@ -211,6 +212,7 @@ class _Tick:
         self.accepted_in_window: dict[str, int] = {}
         self.reserved_targets: set[str] = set()
         self.holds: dict[str, tuple[str, int, float]] = {}
+        self.named_entries = False
 
     def run(self, max_jobs: int, max_images: int, only: set[str] | None) -> IntakeOutcome:
         self._settle()
@@ -220,17 +222,18 @@ class _Tick:
                 self.ledger.forget_missing_entries({entry_key(entry.name) for entry in scanned})
         else:
             scanned = [entry for entry in scanned if entry.name in only]
+            self.named_entries = True
         self.holds = self.ledger.holds()
         entries = self._fair_order(self._classify(sorted(scanned, key=lambda entry: entry.name)))
         jobs = images = 0
         with self.ledger.transaction():
             for index, entry in enumerate(entries):
                 if jobs >= max_jobs or time.monotonic() > self.deadline:
-                    self.outcome.remaining = sum(1 for rest in entries[index:] if _is_ready(rest))
+                    self.outcome.remaining += sum(1 for rest in entries[index:] if _is_ready(rest))
                     break
                 used = self._decide_safely(entry, images, max_images)
                 if used is _STOP:
-                    self.outcome.remaining = sum(1 for rest in entries[index:] if _is_ready(rest))
+                    self.outcome.remaining += sum(1 for rest in entries[index:] if _is_ready(rest))
                     break
                 if used:
                     jobs += 1
@@ -241,7 +244,11 @@ class _Tick:
     def _classify(self, scanned: list[os.DirEntry]) -> list[_Entry]:
         """Each entry with the agent its job.json names (None for strays and unreadable ones)."""
         entries = []
-        for entry in scanned:
+        kept = 0
+        for index, entry in enumerate(scanned):
+            if time.monotonic() > self.deadline:
+                self.outcome.remaining += len(scanned) - index
+                break
             key = entry_key(entry.name)
             if key in self.holds and self.holds[key][2] > self.now_epoch:
                 continue
@@ -251,7 +258,13 @@ class _Tick:
             except OSError:
                 continue
             path = Path(entry.path)
-            entries.append(_Entry(entry.name, path, inode, is_folder, _agent_named(path) if is_folder else None))
+            if not is_folder:
+                entries.append(_Entry(entry.name, path, inode, is_folder))
+                continue
+            raw, agent_id = _manifest_and_agent(path)
+            keep = raw is not None and len(raw) <= _KEPT_MANIFEST_BYTES and kept < _KEPT_MANIFESTS_TOTAL
+            kept += len(raw) if keep else 0
+            entries.append(_Entry(entry.name, path, inode, is_folder, agent_id, raw if keep else None))
         return entries
 
     @staticmethod
@@ -272,13 +285,8 @@ class _Tick:
         except FileNotFoundError:
             return None
         except sqlite3.Error:
-            raise
-        except OSError as error:
-            if error.errno in _STORAGE_ERRNOS:
-                raise
-            self._hold(entry, error)
-            return None
-        except Exception as error:  # noqa: BLE001 - one entry's surprise must not stop the inbox
+            raise  # the ledger's trouble (a full disk), not the entry's: the tick stops, nothing decided is lost
+        except Exception as error:  # noqa: BLE001 - one entry's surprise (a bug, a read error) must not stop the inbox
             self._hold(entry, error)
             return None
         if used is not _STOP:
@@ -292,13 +300,14 @@ class _Tick:
         """
         if not entry.is_folder:
             kind = "symlink" if entry.path.is_symlink() else "file" if entry.path.is_file() else "special file"
-            self._reject(entry, IntakeError("not_a_job", f"{kind} {describe_entry(entry.name)['entry']!r} in inbox/ is not a job folder"))
+            shown = describe_entry(entry.name)["entry"]
+            self._reject(entry, IntakeError("not_a_job", f"{kind} {shown!r} in inbox/ is not a job folder"))
             return 0
         try:
-            raw = read_manifest(entry.path)
+            raw = entry.raw_manifest if entry.raw_manifest is not None else read_manifest(entry.path)
             manifest = parse_manifest(raw)
         except FileNotFoundError:
-            if _is_young(entry.path):
+            if self._may_still_be_written(entry):
                 return None
             message = (
                 f"folder has had no {MANIFEST_NAME} for {INCOMPLETE_GRACE_SECONDS:g} s "
@@ -307,7 +316,7 @@ class _Tick:
             self._reject(entry, IntakeError("not_a_job", message))
             return 0
         except IntakeError as error:
-            if error.code in _INCOMPLETE_CODES and _is_young(entry.path):
+            if error.code in _INCOMPLETE_CODES and self._may_still_be_written(entry):
                 return None
             self._reject(entry, error)
             return 0
@@ -327,7 +336,7 @@ class _Tick:
                 judged_at, self.window_seconds, self.limits, manifest,
             )
         except IntakeError as error:
-            if error.code in _INCOMPLETE_CODES and _is_young(entry.path):
+            if error.code in _INCOMPLETE_CODES and self._may_still_be_written(entry):
                 return None
             if error.authentic:
                 self.ledger.record_rejected(manifest.job_id, manifest.agent_id, manifest.nonce, self.now_epoch)
@@ -340,6 +349,10 @@ class _Tick:
             return None
         self._accept(entry, job, verified.manifest.nonce, verified.images)
         return count
+
+    def _may_still_be_written(self, entry: _Entry) -> bool:
+        """An incomplete entry waits while young, unless the caller named it (`only`: staged complete)."""
+        return not self.named_entries and _is_young(entry.path)
 
     def _within_rate(self, policy: AgentPolicy) -> bool:
         """Fewer than rate_per_minute jobs accepted in the last 60 s (the ledger is asked once per agent per tick)."""
@@ -356,8 +369,8 @@ class _Tick:
         action = {
             **_where(entry),
             "kind": "accept",
-            "job": dataclasses.asdict(job),
-            "images": [dataclasses.asdict(image) for image in images],
+            "job": vars(job),
+            "images": [vars(image) for image in images],
         }
         record = self._record("accepted", entry, job_id=job.job_id, agent_id=job.agent_id, images=len(job.files))
         self.ledger.add_pending(action, record)
@@ -396,7 +409,7 @@ class _Tick:
         _, first_time = self.ledger.deferral_started(entry_key(entry.name), fingerprint, self.now_epoch)
         if first_time:
             record = self._record("deferred", entry, job_id=manifest.job_id, agent_id=manifest.agent_id, message=reason)
-            job = None if verified is None else dataclasses.asdict(verified)
+            job = None if verified is None else vars(verified)
             self.ledger.add_pending({"kind": "defer", "job": job}, record)
 
     def _hold(self, entry: _Entry, error: Exception) -> None:
@@ -506,14 +519,15 @@ def _move_if_same(source: bytes, inode: int, target: Path) -> None:
         _move(source, target)
 
 
-def _agent_named(folder: Path) -> str | None:
-    """The agent a job folder's job.json names, read cheaply for the fair order (None if unreadable)."""
+def _manifest_and_agent(folder: Path) -> tuple[bytes | None, str | None]:
+    """A job folder's job.json and the agent it names, for the fair order (None where unreadable)."""
     try:
-        data = json.loads(read_manifest(folder))
+        raw = read_manifest(folder)
+        data = json.loads(raw)
     except Exception:  # noqa: BLE001 - an unreadable job.json is judged (and rejected) later
-        return None
+        return None, None
     agent_id = data.get("agent_id") if isinstance(data, dict) else None
-    return agent_id if is_valid_id(agent_id) else None
+    return raw, agent_id if is_valid_id(agent_id) else None
 
 
 def _is_young(folder: Path) -> bool:

@@ -273,13 +273,18 @@ class IntakeLedger:
 
     def add_pending(self, action: dict, audit: dict) -> int:
         """Journal a decision with its audit line; the line is written with the returned seq."""
-        cursor = self._db.execute("INSERT INTO pending (action, audit) VALUES (?, ?)", (json.dumps(action), json.dumps(audit)))
+        cursor = self._db.execute(
+            "INSERT INTO pending (action, audit) VALUES (?, ?)", (json.dumps(action), json.dumps(audit))
+        )
         return int(cursor.lastrowid)
 
     def pending(self) -> list[PendingDecision]:
         """Journalled decisions, oldest first; each audit line carries its `seq`."""
         rows = self._db.execute("SELECT seq, action, audit, audited FROM pending ORDER BY seq")
-        return [PendingDecision(seq, json.loads(action), {**json.loads(audit), "seq": seq}, bool(done)) for seq, action, audit, done in rows]
+        return [
+            PendingDecision(seq, json.loads(action), {**json.loads(audit), "seq": seq}, bool(audited))
+            for seq, action, audit, audited in rows
+        ]
 
     def mark_audited(self, up_to_seq: int) -> None:
         self._db.execute("UPDATE pending SET audited = 1 WHERE seq <= ?", (up_to_seq,))

@@ -233,12 +233,14 @@ def test_a_half_written_job_waits_while_young_and_is_rejected_when_old(home):
     assert [line["entry"] for line in read_audit(home.audit_log)] == ["abandoned", "late-image", "slow"]
 
 
-def test_only_decides_just_the_named_entries(home):
+def test_only_decides_just_the_named_entries_at_once(home):
     agent = make_agent(home)
     first = drop_good_job(home, agent, NOW, job_id="api-job")
     other = drop_good_job(home, agent, NOW, job_id="folder-job")
-    outcome = tick(home, only=[first])
+    drop_folder(home, "api-bad", b'{"version": 1, ', {})
+    outcome = tick(home, only=[first, "api-bad"])
     assert [job.job_id for job in outcome.accepted] == [first] and os.listdir(home.inbox) == [other]
+    assert [(rejection.entry, rejection.code) for rejection in outcome.rejected] == [("api-bad", "bad_json")]
 
 
 class Crash(BaseException):
