@@ -14,9 +14,8 @@ from filelock import FileLock
 
 import orfeas_pipelines.lib.intake.inbox as inbox_module
 from orfeas_pipelines.lib.intake.audit import read_audit
-from orfeas_pipelines.lib.intake.inbox import IntakeUnavailable, process_inbox
+from orfeas_pipelines.lib.intake.inbox import IntakeUnavailable
 from orfeas_pipelines.lib.intake.ledger import IntakeLedger
-from orfeas_pipelines.lib.intake.registry import AgentRegistry
 from orfeas_pipelines.lib.outbox import read_status
 from orfeas_pipelines_tests.lib.intake.drops import (
     age_entries,
@@ -24,28 +23,18 @@ from orfeas_pipelines_tests.lib.intake.drops import (
     drop_good_job,
     jpeg_with_scans,
     make_agent,
-    make_home,
     png_bytes,
     signed_manifest,
     tree_digest,
 )
-from orfeas_pipelines_tests.lib.intake.test_inbox import NOW
+from orfeas_pipelines_tests.lib.intake.test_inbox import NOW, tick
 
 BAD_NAME = os.fsdecode(b"stray-\xff\xfe\nname")
 
 
-@pytest.fixture
-def home(tmp_path):
-    return make_home(tmp_path / "home")
-
-
-def tick(home, now=NOW, **kwargs):
-    with IntakeLedger(home.state / "intake.sqlite") as ledger:
-        return process_inbox(home, AgentRegistry.load(home.agents_file), ledger, now, **kwargs)
-
-
 def snapshot(home):
-    return {entry.name: tree_digest(entry) for entry in map(lambda name: home.inbox / name, os.listdir(home.inbox))}
+    """Every inbox entry, whatever its name, → its tree digest."""
+    return {name: tree_digest(home.inbox / name) for name in os.listdir(home.inbox)}
 
 
 def where_is(home, name):
