@@ -53,7 +53,7 @@ def append_audit(path: Path, records: Iterable[dict[str, Any]]) -> None:
         return
     with open(path, "a+b") as handle:
         _trim_partial_line(handle)
-        handle.write(text.encode("utf-8"))
+        handle.write(text.encode("utf-8", "backslashreplace"))  # a stray surrogate never blocks the log
         handle.flush()
         os.fsync(handle.fileno())
 

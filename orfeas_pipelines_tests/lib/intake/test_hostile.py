@@ -260,26 +260,45 @@ WRITES = {
 }
 
 
-def mixed_drops(home):
+def mixed_drops(home, agent_id, prefix=""):
     """Good jobs, a signed rejection, an unsigned one, a stray with a hostile name and a rate deferral."""
-    agent = make_agent(home, formats=("stl",), rate_per_minute=3)
-    good = [drop_good_job(home, agent, NOW, job_id=f"good-{index}") for index in range(3)]
-    deferred = drop_good_job(home, agent, NOW, job_id="later")
-    drop_good_job(home, agent, NOW, job_id="glb-job", formats=("glb",))
-    drop_folder(home, "unsigned", b"{}", {})
-    (home.inbox / BAD_NAME).write_text("stray")
-    age_entries(home.inbox, ["unsigned", BAD_NAME])
+    agent = make_agent(home, agent_id, formats=("stl",), rate_per_minute=2)
+    good = [drop_good_job(home, agent, NOW, job_id=f"{prefix}good-{index}") for index in range(2)]
+    deferred = drop_good_job(home, agent, NOW, job_id=f"{prefix}later")
+    drop_good_job(home, agent, NOW, job_id=f"{prefix}glb-job", formats=("glb",))
+    drop_folder(home, f"{prefix}unsigned", b"{}", {})
+    stray = os.fsdecode(os.fsencode(prefix) + os.fsencode(BAD_NAME))
+    (home.inbox / stray).write_text("stray")
+    age_entries(home.inbox, [f"{prefix}unsigned", stray])
     return good, deferred
 
 
+@pytest.mark.parametrize("at_call", [1, 2])
 @pytest.mark.parametrize("failure", ["full disk", "kill"])
 @pytest.mark.parametrize("write", sorted(WRITES))
-def test_a_full_disk_or_a_kill_at_any_write_loses_nothing_and_the_next_tick_finishes(home, monkeypatch, write, failure):
-    good, deferred = mixed_drops(home)
+def test_a_full_disk_or_a_kill_at_any_write_loses_nothing_and_the_next_tick_finishes(
+    home, monkeypatch, write, failure, at_call
+):
+    """The fault hits the first or second call of one write, in the first tick or (with new drops) the next."""
+    good, deferred = mixed_drops(home, "agent-a")
     before = snapshot(home)
     owner, name, fault = WRITES[write]
-    monkeypatch.setattr(owner, name, crash if failure == "kill" else fault)
+    real = getattr(owner, name)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == at_call:
+            (crash if failure == "kill" else fault)()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
     with pytest.raises(Crash if failure == "kill" else IntakeUnavailable) as caught:
+        tick(home)
+        more = snapshot(home)
+        more_good, more_deferred = mixed_drops(home, "agent-b", "b-")
+        before.update({key: value for key, value in snapshot(home).items() if key not in more})
+        good, deferred = good + more_good, [deferred, more_deferred]
         tick(home)
     if failure == "full disk":
         assert "\n" not in str(caught.value) and "next tick finishes it" in str(caught.value)
@@ -289,10 +308,14 @@ def test_a_full_disk_or_a_kill_at_any_write_loses_nothing_and_the_next_tick_fini
     tick(home, NOW + timedelta(seconds=1))
 
     assert_accounted(home, before)
-    assert sorted(os.listdir(home.jobs)) == good and os.listdir(home.inbox) == [deferred]
-    assert all(read_status(home, job_id)["state"] == "queued" for job_id in good + [deferred])
-    assert read_status(home, "glb-job")["state"] == "rejected" and read_status(home, "unsigned") is None
+    deferred = deferred if isinstance(deferred, list) else [deferred]
+    assert sorted(os.listdir(home.jobs)) == sorted(good) and sorted(os.listdir(home.inbox)) == sorted(deferred)
+    assert all(read_status(home, job_id)["state"] == "queued" for job_id in good + deferred)
+    agents = len(deferred)
+    assert all(read_status(home, f"{prefix}glb-job")["state"] == "rejected" for prefix in ["", "b-"][:agents])
+    assert read_status(home, "unsigned") is None
     decisions = Counter(line["decision"] for line in read_audit(home.audit_log))
-    assert decisions == {"accepted": 3, "rejected": 3, "deferred": 1}
+    assert decisions == {"accepted": 2 * agents, "rejected": 3 * agents, "deferred": agents}
     with IntakeLedger(home.state / "intake.sqlite") as ledger:
-        assert [image.job_id for image in ledger.images_after(0, 10)] == good and ledger.pending() == []
+        logged = [image.job_id for image in ledger.images_after(0, 10)]
+        assert sorted(logged) == sorted(good) and ledger.pending() == []
