@@ -319,3 +319,24 @@ def test_a_full_disk_or_a_kill_at_any_write_loses_nothing_and_the_next_tick_fini
     with IntakeLedger(home.state / "intake.sqlite") as ledger:
         logged = [image.job_id for image in ledger.images_after(0, 10)]
         assert sorted(logged) == sorted(good) and ledger.pending() == []
+
+
+def _tick_in_child(root: str) -> list[str]:
+    from orfeas_pipelines.lib.home import OrfeasHome
+
+    return [job.job_id for job in tick(OrfeasHome.at(root), max_jobs=4).accepted]
+
+
+def test_concurrent_ticks_decide_each_entry_once(home):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    agent = make_agent(home, rate_per_minute=1000)
+    ids = [drop_good_job(home, agent, NOW, job_id=f"job-{index:02d}") for index in range(12)]
+    (home.inbox / "stray").write_text("x")
+    before = snapshot(home)
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+        taken = [job for result in pool.map(_tick_in_child, [str(home.root)] * 4) for job in result]
+    assert sorted(taken) == ids
+    assert_accounted(home, before)
+    assert len(read_audit(home.audit_log)) == 13
