@@ -213,6 +213,7 @@ class _Tick:
         self.reserved_targets: set[str] = set()
         self.holds: dict[str, tuple[str, int, float]] = {}
         self.named_entries = False
+        self.any_deferred = False
 
     def run(self, max_jobs: int, max_images: int, only: set[str] | None) -> IntakeOutcome:
         self._settle()
@@ -224,6 +225,7 @@ class _Tick:
             scanned = [entry for entry in scanned if entry.name in only]
             self.named_entries = True
         self.holds = self.ledger.holds()
+        self.any_deferred = self.ledger.has_deferrals()
         entries = self._fair_order(self._classify(sorted(scanned, key=lambda entry: entry.name)))
         jobs = images = 0
         with self.ledger.transaction():
@@ -328,7 +330,7 @@ class _Tick:
         if manifest.agent_id in self.over_rate:
             self._defer(entry, manifest, fingerprint, None)
             return None
-        first_deferred = self.ledger.deferred_since(key, fingerprint)
+        first_deferred = self.ledger.deferred_since(key, fingerprint) if self.any_deferred else None
         judged_at = self.now_epoch if first_deferred is None else first_deferred
         try:
             verified = verify_job(
@@ -347,6 +349,8 @@ class _Tick:
             self.over_rate.add(verified.policy.agent_id)
             self._defer(entry, manifest, fingerprint, job)
             return None
+        if first_deferred is not None:
+            self.ledger.clear_deferral(key)
         self._accept(entry, job, verified.manifest.nonce, verified.images)
         return count
 
@@ -363,7 +367,6 @@ class _Tick:
 
     def _accept(self, entry: _Entry, job: AcceptedJob, nonce: str, images: tuple[ImageFacts, ...]) -> None:
         self.ledger.record_accepted(job, nonce, self.now_epoch)
-        self.ledger.clear_deferral(entry_key(entry.name))
         self.accepted_in_window[job.agent_id] += 1
         self.outcome.accepted.append(job)
         action = {
@@ -467,7 +470,7 @@ class _Tick:
                     if decision.action["kind"] == "accept":
                         facts = [ImageFacts(**image) for image in decision.action["images"]]
                         self.ledger.log_images(_job_from(decision.action["job"]), facts)
-                    self.ledger.finish_pending(decision.seq)
+                self.ledger.finish_pending([decision.seq for decision in done])
 
     def _apply(self, action: dict) -> None:
         """Carry out one decision's file effects; safe to repeat after a crash at any step."""

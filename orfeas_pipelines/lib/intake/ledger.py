@@ -244,6 +244,9 @@ class IntakeLedger:
         self._db.execute("INSERT OR REPLACE INTO deferred VALUES (?, ?, ?)", (entry, manifest_sha256, at))
         return at, True
 
+    def has_deferrals(self) -> bool:
+        return self._db.execute("SELECT 1 FROM deferred LIMIT 1").fetchone() is not None
+
     def deferred_since(self, entry: str, manifest_sha256: str) -> float | None:
         """The first-deferral time of this exact job.json, or None if it was never deferred."""
         row = self._db.execute(
@@ -289,8 +292,8 @@ class IntakeLedger:
     def mark_audited(self, up_to_seq: int) -> None:
         self._db.execute("UPDATE pending SET audited = 1 WHERE seq <= ?", (up_to_seq,))
 
-    def finish_pending(self, seq: int) -> None:
-        self._db.execute("DELETE FROM pending WHERE seq = ?", (seq,))
+    def finish_pending(self, seqs: Sequence[int]) -> None:
+        self._db.executemany("DELETE FROM pending WHERE seq = ?", [(seq,) for seq in seqs])
 
     def _images(self, where: str, params: tuple) -> list[LedgerImage]:
         query = f"SELECT seq, partition_key, job_id, file, sha256, bytes, width, height FROM images {where}"

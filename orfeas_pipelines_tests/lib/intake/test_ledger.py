@@ -70,8 +70,9 @@ def test_a_failed_transaction_leaves_nothing(tmp_path):
 
 def test_deferral_keeps_the_first_time_until_the_manifest_changes(tmp_path):
     with IntakeLedger(tmp_path / "intake.sqlite") as ledger:
-        assert ledger.deferred_since("entry", "digest-1") is None
+        assert ledger.deferred_since("entry", "digest-1") is None and not ledger.has_deferrals()
         assert ledger.deferral_started("entry", "digest-1", 100.0) == (100.0, True)
+        assert ledger.has_deferrals()
         assert ledger.deferral_started("entry", "digest-1", 200.0) == (100.0, False)
         assert ledger.deferred_since("entry", "digest-1") == 100.0
         assert ledger.deferral_started("entry", "digest-2", 300.0) == (300.0, True)
@@ -110,7 +111,7 @@ def test_journalled_decisions_keep_their_audit_line_until_finished(tmp_path):
             (first, True, {"decision": "deferred", "seq": first}),
             (second, False, {"decision": "rejected", "seq": second}),
         ]
-        ledger.finish_pending(first)
+        ledger.finish_pending([first])
         assert [item.seq for item in ledger.pending()] == [second]
 
 
