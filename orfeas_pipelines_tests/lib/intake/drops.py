@@ -51,6 +51,13 @@ def jpeg_with_scans(size: int, extra_scans: int) -> bytes:
     return data[:end] + data[last_scan:end] * extra_scans + data[end:]
 
 
+def png_with_chunks(png: bytes, count: int) -> bytes:
+    """The PNG with `count` empty private chunks before its image data: valid, and slow to walk."""
+    empty = b"\x00\x00\x00\x00prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    image_data = png.index(b"IDAT") - 4
+    return png[:image_data] + empty * count + png[image_data:]
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
