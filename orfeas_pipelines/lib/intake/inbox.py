@@ -39,6 +39,7 @@ same entry twice; waiting for it past `lock_timeout` is an IntakeUnavailable.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -60,7 +61,7 @@ from orfeas_pipelines.lib.intake.audit import (
     last_audited_seq,
     utc_timestamp,
 )
-from orfeas_pipelines.lib.intake.ledger import AcceptedJob, ImageFacts, IntakeLedger, partition_key
+from orfeas_pipelines.lib.intake.ledger import AcceptedJob, ImageFacts, IntakeLedger, PendingDecision, partition_key
 from orfeas_pipelines.lib.intake.manifest import IntakeError, JobManifest, is_valid_id, parse_manifest
 from orfeas_pipelines.lib.intake.registry import AgentPolicy, AgentRegistry
 from orfeas_pipelines.lib.intake.verify import MANIFEST_NAME, ImageLimits, read_manifest, verify_job
@@ -75,6 +76,8 @@ HOLD_BACKOFF_SECONDS = (15.0, 3600.0)
 """First retry of a held entry, and the longest wait; the wait doubles in between."""
 RATE_WINDOW_SECONDS = 60.0
 _INCOMPLETE_CODES = ("bad_json", "image_missing")
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+"""Write failures that stop the tick (every later write would fail too); others hold one decision."""
 _KEPT_MANIFEST_BYTES = 64 * 1024
 _KEPT_MANIFESTS_TOTAL = 64 * 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -214,10 +217,14 @@ class _Tick:
         self.holds: dict[str, tuple[str, int, float]] = {}
         self.named_entries = False
         self.any_deferred = False
+        self.unfinished: set[str] = set()
 
     def run(self, max_jobs: int, max_images: int, only: set[str] | None) -> IntakeOutcome:
         self._settle()
-        scanned = [entry for entry in os.scandir(self.home.inbox) if not entry.name.startswith(".")]
+        scanned = [
+            entry for entry in os.scandir(self.home.inbox)
+            if not entry.name.startswith(".") and entry.name not in self.unfinished
+        ]
         if only is None:
             with self.ledger.transaction():
                 self.ledger.forget_missing_entries({entry_key(entry.name) for entry in scanned})
@@ -460,9 +467,16 @@ class _Tick:
             with self.ledger.transaction():
                 self.ledger.mark_audited(unaudited[-1].seq)
         done = []
+        self.unfinished.clear()
         try:
             for decision in pending:
-                self._apply(decision.action)
+                try:
+                    self._apply(decision.action)
+                except Exception as error:  # noqa: BLE001 - one refused move must not stop the others
+                    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+                        raise
+                    self._note_unfinished(decision, error)
+                    continue
                 done.append(decision)
         finally:
             with self.ledger.transaction():
@@ -471,6 +485,18 @@ class _Tick:
                         facts = [ImageFacts(**image) for image in decision.action["images"]]
                         self.ledger.log_images(_job_from(decision.action["job"]), facts)
                 self.ledger.finish_pending([decision.seq for decision in done])
+
+    def _note_unfinished(self, decision: PendingDecision, error: Exception) -> None:
+        """A decision whose move or file write the system refused (e.g. a folder we may not move):
+        it stays journalled, its entry stays in inbox/ undecided again, and every tick retries it."""
+        entry_hex = decision.action.get("entry_hex")
+        name = os.fsdecode(bytes.fromhex(entry_hex)) if entry_hex else f"journal #{decision.seq}"
+        self.unfinished.add(name)
+        reason = (
+            f"{decision.audit['decision']} (audit seq {decision.seq}) but not carried out: "
+            f"{getattr(error, 'strerror', None) or error}; retried every tick"
+        )
+        self.outcome.deferred.append(Deferral(name, None, None, reason))
 
     def _apply(self, action: dict) -> None:
         """Carry out one decision's file effects; safe to repeat after a crash at any step."""

@@ -325,6 +325,35 @@ def test_a_full_disk_or_a_kill_at_any_write_loses_nothing_and_the_next_tick_fini
         assert sorted(logged) == sorted(good) and ledger.pending() == []
 
 
+def test_an_entry_the_system_will_not_let_us_move_waits_without_stopping_the_others(home, monkeypatch):
+    agent = make_agent(home)
+    stuck = drop_good_job(home, agent, NOW, job_id="a-read-only")
+    (home.inbox / "b-stray").write_text("x")
+    others = [drop_good_job(home, agent, NOW, job_id=f"c-good-{index}") for index in range(2)]
+    before = snapshot(home)
+    real_move = inbox_module._move
+
+    def refuse(source, target):
+        if os.fsdecode(source).endswith(stuck):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_move(source, target)
+
+    monkeypatch.setattr(inbox_module, "_move", refuse)
+    first = tick(home)
+    again = tick(home, NOW + timedelta(seconds=15))
+    assert sorted(job.job_id for job in first.accepted) == sorted([stuck, *others])
+    assert sorted(os.listdir(home.jobs)) == sorted(others) and sorted(os.listdir(home.inbox)) == [stuck]
+    assert again.accepted == again.rejected == [] and "Permission denied" in again.deferred[0].reason
+    with IntakeLedger(home.state / "intake.sqlite") as ledger:
+        assert stuck not in [image.job_id for image in ledger.images_after(0, 10)], "no run takes it yet"
+    monkeypatch.undo()
+
+    tick(home, NOW + timedelta(seconds=30))
+    assert sorted(os.listdir(home.jobs)) == sorted([stuck, *others]) and read_status(home, stuck)["state"] == "queued"
+    assert_accounted(home, before)
+    assert len(read_audit(home.audit_log)) == 4
+
+
 def _tick_in_child(root: str) -> list[str]:
     from orfeas_pipelines.lib.home import OrfeasHome
 
