@@ -156,7 +156,7 @@ def process_inbox(
             f"intake is busy: another tick has held {lock.lock_file} for over {lock_timeout:g} s; try again later"
         ) from None
     try:
-        tick = _Tick(home, registry, ledger, now, window_seconds, limits, time.monotonic() + max_seconds)
+        tick = _Tick(home, registry, ledger, now, window_seconds, limits, time.monotonic(), max_seconds)
         return tick.run(max_jobs, max_images, None if only is None else set(only))
     except (OSError, sqlite3.Error) as error:
         raise IntakeUnavailable(
@@ -200,7 +200,8 @@ class _Tick:
         now: datetime,
         window_seconds: float,
         limits: ImageLimits,
-        deadline: float,
+        started: float,
+        max_seconds: float,
     ):
         self.home = home
         self.registry = registry
@@ -209,7 +210,8 @@ class _Tick:
         self.now_epoch = now.timestamp()
         self.window_seconds = window_seconds
         self.limits = limits
-        self.deadline = deadline
+        self.deadline = started + max_seconds
+        self.classify_until = started + max_seconds / 2  # so deciding always gets time, however full inbox/ is
         self.outcome = IntakeOutcome()
         self.over_rate: set[str] = set()
         self.accepted_in_window: dict[str, int] = {}
@@ -255,7 +257,7 @@ class _Tick:
         entries = []
         kept = 0
         for index, entry in enumerate(scanned):
-            if time.monotonic() > self.deadline:
+            if time.monotonic() > self.classify_until:
                 self.outcome.remaining += len(scanned) - index
                 break
             key = entry_key(entry.name)

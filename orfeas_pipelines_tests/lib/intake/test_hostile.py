@@ -162,6 +162,26 @@ def test_a_flood_of_bad_drops_and_one_agents_backlog_do_not_delay_another_agent(
     assert os.listdir(home.inbox) == [] and len(os.listdir(home.quarantine)) == 300
 
 
+def test_a_tick_keeps_to_its_deadline_and_still_decides_however_full_the_inbox(home, monkeypatch):
+    agent = make_agent(home, rate_per_minute=1000)
+    ids = [drop_good_job(home, agent, NOW, job_id=f"job-{index:02d}") for index in range(30)]
+    real_read = inbox_module._manifest_and_agent
+
+    def slow_read(folder):
+        time.sleep(0.02)
+        return real_read(folder)
+
+    monkeypatch.setattr(inbox_module, "_manifest_and_agent", slow_read)
+    taken, seconds = [], []
+    while len(taken) < len(ids):
+        started = time.monotonic()
+        outcome = tick(home, max_seconds=0.2)
+        seconds.append(time.monotonic() - started)
+        assert outcome.accepted and outcome.remaining == len(ids) - len(taken) - len(outcome.accepted)
+        taken += [job.job_id for job in outcome.accepted]
+    assert sorted(taken) == ids and len(seconds) > 1 and max(seconds) < 1.0
+
+
 def test_a_deferral_does_not_outlive_its_entry(home, tmp_path):
     agent = make_agent(home, rate_per_minute=1)
     drop_good_job(home, agent, NOW, job_id="first")
