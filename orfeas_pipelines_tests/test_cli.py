@@ -172,3 +172,23 @@ def test_process_with_the_intake_lock_held_is_one_line(home, capsys, monkeypatch
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("orfeas process: intake is busy")
 
+
+
+def test_process_on_a_full_disk_is_one_line_and_the_next_process_finishes(home, agent, image_files, capsys,
+                                                                          monkeypatch):
+    import errno
+
+    import orfeas_pipelines.lib.intake.inbox as inbox_module
+    from orfeas_pipelines_tests.conftest import submit_images
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(home.audit_log))
+
+    [job_id] = submit_images(home, agent, image_files[:1])
+    monkeypatch.setattr(inbox_module, "append_audit", full)
+    assert main(["process", "--home", str(home.root)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("orfeas process: intake tick stopped: No space left on device") and job_id not in line
+    monkeypatch.undo()
+    assert main(["process", "--home", str(home.root)]) == 0
+    assert main(["status", job_id, "--home", str(home.root)]) == 0
