@@ -26,12 +26,15 @@ tick's one transaction, before any file moves. Then the audit lines are appended
 `audit.log` (fsync), then the moves, reason.json and statuses are done, then the journal
 rows are closed. A tick that dies or meets a full disk anywhere leaves the journal, and the
 next tick finishes it first (each step is idempotent and never touches an entry that is not
-the one decided, by inode), so no decision, audit line or byte is lost or doubled.
+the one decided, by inode), so no decision, audit line or byte is lost or doubled. A step the
+system refuses for one entry (a folder intake may not move) leaves that decision journalled
+and retried each tick, without stopping the others; a full disk stops the tick (one line).
 
 Fairness: rejections cost no budget; valid work is taken round-robin across agents (each
 agent's entries in name order), so a flood from one agent, or unsigned junk, never delays
-another agent's job. A tick stops after `max_seconds`, and decoding one image is bounded in
-`lib/images`, so no drop holds the intake lock for long.
+another agent's job. A tick stops after `max_seconds` (reading job.json files for the fair
+order may use half of it), and decoding one image is bounded in `lib/images`, so no drop
+holds the intake lock for long.
 
 A tick holds `state/intake.lock`, so the daemon's sensor and `orfeas process` never take the
 same entry twice; waiting for it past `lock_timeout` is an IntakeUnavailable.
