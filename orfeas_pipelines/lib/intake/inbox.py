@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import sqlite3
@@ -84,6 +83,7 @@ _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 _KEPT_MANIFEST_BYTES = 64 * 1024
 _KEPT_MANIFESTS_TOTAL = 64 * 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_AGENT_FIELD = re.compile(rb'"agent_id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"')
 
 
 class IntakeUnavailable(RuntimeError):
@@ -554,14 +554,17 @@ def _move_if_same(source: bytes, inode: int, target: Path) -> None:
 
 
 def _manifest_and_agent(folder: Path) -> tuple[bytes | None, str | None]:
-    """A job folder's job.json and the agent it names, for the fair order (None where unreadable)."""
+    """A job folder's job.json and the agent it names, for the fair order (None where unreadable).
+
+    The agent is only a hint for ordering, read without parsing: naming an agent here gains a
+    drop nothing but a place in that agent's queue, and it is judged in full later.
+    """
     try:
         raw = read_manifest(folder)
-        data = json.loads(raw)
     except Exception:  # noqa: BLE001 - an unreadable job.json is judged (and rejected) later
         return None, None
-    agent_id = data.get("agent_id") if isinstance(data, dict) else None
-    return raw, agent_id if is_valid_id(agent_id) else None
+    named = _AGENT_FIELD.search(raw)
+    return raw, named.group(1).decode() if named else None
 
 
 def _is_young(folder: Path) -> bool:
