@@ -7,6 +7,7 @@ stay fast. Errors are one line on stderr naming the thing and the reason.
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from orfeas_pipelines.lib.home import OrfeasHome
 
 STATUS_EXIT_CODES = {"succeeded": 0, "failed": 1, "rejected": 1, "queued": 3, "running": 3}
 BENCH_SUITES = ("generator", "intake", "runs", "pipeline")
+AGENT_KEY_ENV = "ORFEAS_AGENT_KEY"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="write a signed job into inbox/")
     _image_options(submit)
     submit.add_argument("--agent", required=True)
-    key = submit.add_mutually_exclusive_group(required=True)
-    key.add_argument("--key")
-    key.add_argument("--key-file", type=Path)
+    key = submit.add_mutually_exclusive_group()
+    key.add_argument("--key", help="the secret itself (visible in `ps`; prefer --key-file or ORFEAS_AGENT_KEY)")
+    key.add_argument("--key-file", type=Path, help="a file holding the secret (else $ORFEAS_AGENT_KEY)")
     _home_option(submit)
     submit.set_defaults(handler=_submit)
 
@@ -211,7 +213,7 @@ def _create_key(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from orfeas_pipelines.lib.intake.submit import write_job
 
-    secret = args.key if args.key is not None else args.key_file.read_text().strip()
+    secret = _agent_secret(args)
     job_id = write_job(
         OrfeasHome.at(args.home).ensure(),
         args.images,
@@ -224,6 +226,26 @@ def _submit(args: argparse.Namespace) -> int:
     )
     print(job_id)
     return 0
+
+
+def _agent_secret(args: argparse.Namespace) -> str:
+    """The agent's secret from --key-file, $ORFEAS_AGENT_KEY or (with a warning) --key."""
+    if args.key is not None:
+        print(
+            "orfeas submit: warning: --key shows the secret to every user of this machine (ps, shell history); "
+            f"use --key-file F or {AGENT_KEY_ENV}",
+            file=sys.stderr,
+        )
+        return args.key
+    if args.key_file is not None:
+        try:
+            return args.key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"key file {args.key_file}: cannot be read ({getattr(error, 'strerror', None) or error})")
+    secret = os.environ.get(AGENT_KEY_ENV, "").strip()
+    if not secret:
+        raise ValueError(f"no agent key: give --key-file F or set {AGENT_KEY_ENV}")
+    return secret
 
 
 def _process(args: argparse.Namespace) -> int:

@@ -77,10 +77,10 @@ def test_submit_process_status_end_to_end(home, image_files, capsys, tmp_path):
     assert main(["process", "--home", str(home.root)]) == 0, "nothing new is not an error"
 
 
-def test_status_of_a_rejected_job_exits_1(home, image_files, capsys):
-    main(["agent", "create-key", "bot", "--home", str(home.root)])
-    capsys.readouterr()
-    assert main(["submit", str(image_files[0]), "--agent", "bot", "--key", "f" * 64, "--home", str(home.root)]) == 0
+def test_status_of_a_rejected_job_exits_1(home, image_files, capsys, monkeypatch):
+    main(["agent", "create-key", "bot", "--formats", "stl", "--home", str(home.root)])
+    monkeypatch.setenv("ORFEAS_AGENT_KEY", capsys.readouterr().out.splitlines()[-1])
+    assert main(["submit", str(image_files[0]), "--agent", "bot", "--format", "glb", "--home", str(home.root)]) == 0
     job_id = capsys.readouterr().out.strip()
     main(["process", "--home", str(home.root)])
     capsys.readouterr()
@@ -166,3 +166,53 @@ def test_a_size_mm_that_is_not_a_sensible_number_of_millimetres_is_a_usage_error
         main(["generate", str(image_files[0]), "--out", str(tmp_path), "--size-mm", size])
     assert caught.value.code == 2
     assert f"size {size!r} must be a number of millimetres from 1 to 10000" in capsys.readouterr().err
+
+
+def test_submit_warns_about_key_on_the_command_line_and_takes_the_env_var_or_a_file(home, image_files, capsys,
+                                                                                   monkeypatch, tmp_path):
+    main(["agent", "create-key", "bot", "--home", str(home.root)])
+    secret = capsys.readouterr().out.splitlines()[-1]
+    submit = ["submit", str(image_files[0]), "--agent", "bot", "--home", str(home.root)]
+    monkeypatch.delenv("ORFEAS_AGENT_KEY", raising=False)
+    assert main(submit) == 1
+    assert capsys.readouterr().err.strip().endswith("no agent key: give --key-file F or set ORFEAS_AGENT_KEY")
+    assert main([*submit, "--key-file", str(tmp_path / "missing")]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main([*submit, "--key", secret]) == 0
+    assert "warning: --key shows the secret" in capsys.readouterr().err
+    monkeypatch.setenv("ORFEAS_AGENT_KEY", secret)
+    assert main(submit) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.strip()
+
+
+def test_process_with_the_intake_lock_held_is_one_line(home, capsys, monkeypatch):
+    from filelock import FileLock
+
+    import orfeas_pipelines.lib.intake.inbox as inbox_module
+
+    monkeypatch.setattr(inbox_module, "LOCK_TIMEOUT_SECONDS", 0.2)
+    with FileLock(str(home.state / "intake.lock")):
+        assert main(["process", "--home", str(home.root)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("orfeas process: intake is busy")
+
+
+def test_process_on_a_full_disk_is_one_line_and_the_next_process_finishes(home, agent, image_files, capsys,
+                                                                          monkeypatch):
+    import errno
+
+    import orfeas_pipelines.lib.intake.inbox as inbox_module
+    from orfeas_pipelines_tests.conftest import submit_images
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(home.audit_log))
+
+    [job_id] = submit_images(home, agent, image_files[:1])
+    monkeypatch.setattr(inbox_module, "append_audit", full)
+    assert main(["process", "--home", str(home.root)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("orfeas process: intake tick stopped: No space left on device") and job_id not in line
+    monkeypatch.undo()
+    assert main(["process", "--home", str(home.root)]) == 0
+    assert main(["status", job_id, "--home", str(home.root)]) == 0

@@ -1,6 +1,7 @@
 """Decoding images: as the picture is meant to be seen, with limits and one-line errors."""
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from orfeas_pipelines.lib.images import ImageError, decode_image, has_meaningful_alpha, load_image, verify_image
-from orfeas_pipelines_tests.lib.intake.drops import png_claiming_size
+from orfeas_pipelines_tests.lib.intake.drops import jpeg_with_scans, png_bytes, png_claiming_size, png_with_chunks
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -59,6 +60,29 @@ def test_bad_bytes_are_one_line_errors_naming_the_file(data, code, reason):
     assert error.value.code == code
     message = str(error.value)
     assert message.startswith("bad.png: ") and reason in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (jpeg_with_scans(1024, 400), "410 scans of 1048576 pixels, over the decode budget"),
+        (jpeg_with_scans(64, 5000).replace(b"\xff\xda", b"\xff\xfe", 4500), "markers, over the limit of 4096"),
+        (png_with_chunks(png_bytes(), 1_000_000), "PNG has more than 10000 chunks"),
+    ],
+    ids=["progressive-jpeg-scans", "jpeg-markers", "png-chunks"],
+)
+def test_files_that_would_take_long_to_decode_are_refused_before_decoding(data, reason):
+    """Within every byte and pixel limit, yet seconds to minutes of decoding: refused in milliseconds."""
+    started = time.monotonic()
+    with pytest.raises(ImageError, match=reason) as error:
+        decode_image(data, "slow", max_bytes=len(data))
+    assert error.value.code == "too_large" and time.monotonic() - started < 0.5
+
+
+def test_ordinary_progressive_jpegs_and_chunked_pngs_still_decode():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
+    assert decode_image(encoded(photo, "JPEG", progressive=True), "p.jpg").shape == (512, 512, 4)
+    assert decode_image(png_with_chunks(png_bytes(), 5000), "c.png").shape == (16, 16, 4)
 
 
 def test_verify_limits_the_decoders_that_see_the_bytes():

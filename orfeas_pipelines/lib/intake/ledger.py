@@ -7,11 +7,18 @@
 - An append-only image log with an increasing `seq`: the sensor's cursor is the last seq it
   registered, so the cursor stays one integer however many jobs arrive.
 - Deferred entries with the time they were first seen, so a job held back by the rate limit
-  is judged against the time it arrived and never goes stale while it waits.
+  is judged against the time it arrived and never goes stale while it waits. A deferral is
+  keyed by the entry's name, its job.json digest and its folder's inode, and is pruned when
+  the entry leaves inbox/, so it never outlives its entry.
+- Held entries (the intake failed on them): retried with backoff, audited once per reason.
+- A journal of decided but not yet applied intake decisions (`pending`): each decision and
+  its audit line commit together, before any file moves, and a later tick finishes what a
+  crashed or disk-full tick left (moves, reason.json, status, image log).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,13 +37,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_agent_time ON jobs (agent_id, accepted, decided_at);
 CREATE TABLE IF NOT EXISTS images (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, partition_key TEXT NOT NULL UNIQUE,
-    job_id TEXT NOT NULL, agent_id TEXT NOT NULL, file TEXT NOT NULL
+    job_id TEXT NOT NULL, agent_id TEXT NOT NULL, file TEXT NOT NULL,
+    sha256 TEXT, bytes INTEGER, width INTEGER, height INTEGER
 );
 CREATE INDEX IF NOT EXISTS images_by_job ON images (job_id, seq);
 CREATE TABLE IF NOT EXISTS deferred (
     entry TEXT PRIMARY KEY, manifest_sha256 TEXT NOT NULL, first_seen_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held (
+    entry TEXT PRIMARY KEY, reason TEXT NOT NULL, attempts INTEGER NOT NULL, retry_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, audit TEXT NOT NULL,
+    audited INTEGER NOT NULL DEFAULT 0
+);
 """
+_IMAGE_FACTS = (("sha256", "TEXT"), ("bytes", "INTEGER"), ("width", "INTEGER"), ("height", "INTEGER"))
 
 
 def partition_key(job_id: str, file: str) -> str:
@@ -44,11 +60,38 @@ def partition_key(job_id: str, file: str) -> str:
 
 
 @dataclass(frozen=True)
+class ImageFacts:
+    """What intake verified about one accepted image; the run checks the bytes against `sha256`."""
+
+    file: str
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class LedgerImage:
+    """One accepted image; the facts are None only for images logged before they were stored."""
+
     seq: int
     partition_key: str
     job_id: str
     file: str
+    sha256: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class PendingDecision:
+    """A committed decision whose effects (moves, files, image log) may not all be done yet."""
+
+    seq: int
+    action: dict
+    audit: dict
+    audited: bool
 
 
 @dataclass(frozen=True)
@@ -74,6 +117,7 @@ class IntakeLedger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_image_columns()
 
     def close(self) -> None:
         self._db.close()
@@ -133,14 +177,33 @@ class IntakeLedger:
         )
 
     def record_accepted(self, job: AcceptedJob, nonce: str, at: float) -> None:
-        """Burn the nonce and job id, store the job's parameters and append its images to the log."""
+        """Burn the nonce and job id and store the job's parameters (its images are logged by `log_images`)."""
         self._db.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?, ?)", (job.agent_id, nonce, at))
         self._db.execute(
             "INSERT INTO jobs VALUES (?, ?, ?, 1, ?, ?, ?)",
             (job.job_id, job.agent_id, at, ",".join(job.formats), job.resolution, job.seed),
         )
-        rows = [(key, job.job_id, job.agent_id, file) for key, file in zip(job.partition_keys, job.files)]
-        self._db.executemany("INSERT INTO images (partition_key, job_id, agent_id, file) VALUES (?, ?, ?, ?)", rows)
+
+    def log_images(self, job: AcceptedJob, facts: Sequence[ImageFacts]) -> None:
+        """Append an accepted job's images to the image log, once its folder is in jobs/ (idempotent)."""
+        by_file = {fact.file: fact for fact in facts}
+        rows = []
+        for key, file in zip(job.partition_keys, job.files):
+            fact = by_file.get(file)
+            rows.append(
+                (key, job.job_id, job.agent_id, file)
+                + ((fact.sha256, fact.bytes, fact.width, fact.height) if fact else (None, None, None, None))
+            )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO images (partition_key, job_id, agent_id, file, sha256, bytes, width, height) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def image(self, key: str) -> LedgerImage | None:
+        """The logged image with this partition key, or None."""
+        found = self._images("WHERE partition_key = ?", (key,))
+        return found[0] if found else None
 
     def images_after(self, seq: int, limit: int) -> list[LedgerImage]:
         """Up to `limit` accepted images with a seq above `seq`, oldest first."""
@@ -168,11 +231,6 @@ class IntakeLedger:
             seed=int(row[3]),
         )
 
-    def unknown_job_ids(self, job_ids: Sequence[str]) -> list[str]:
-        """The ids among `job_ids` that the ledger has no decision for."""
-        known = {row[0] for row in self._db.execute("SELECT job_id FROM jobs")}
-        return [job_id for job_id in job_ids if job_id not in known]
-
     def deferral_started(self, entry: str, manifest_sha256: str, at: float) -> tuple[float, bool]:
         """When this exact job.json was first deferred, and whether that is now (a first deferral).
 
@@ -199,6 +257,51 @@ class IntakeLedger:
     def clear_deferral(self, entry: str) -> None:
         self._db.execute("DELETE FROM deferred WHERE entry = ?", (entry,))
 
+    def holds(self) -> dict[str, tuple[str, int, float]]:
+        """Every held entry → (reason, attempts, retry_at)."""
+        rows = self._db.execute("SELECT entry, reason, attempts, retry_at FROM held")
+        return {row[0]: (row[1], int(row[2]), float(row[3])) for row in rows}
+
+    def hold(self, entry: str, reason: str, attempts: int, retry_at: float) -> None:
+        self._db.execute("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?)", (entry, reason, attempts, retry_at))
+
+    def clear_hold(self, entry: str) -> None:
+        self._db.execute("DELETE FROM held WHERE entry = ?", (entry,))
+
+    def forget_missing_entries(self, present: set[str]) -> None:
+        """Drop deferrals and holds of entries no longer in inbox/: they must not outlive their entry."""
+        for table in ("deferred", "held"):
+            gone = [(row[0],) for row in self._db.execute(f"SELECT entry FROM {table}") if row[0] not in present]
+            self._db.executemany(f"DELETE FROM {table} WHERE entry = ?", gone)
+
+    def add_pending(self, action: dict, audit: dict) -> int:
+        """Journal a decision with its audit line; the line is written with the returned seq."""
+        cursor = self._db.execute(
+            "INSERT INTO pending (action, audit) VALUES (?, ?)", (json.dumps(action), json.dumps(audit))
+        )
+        return int(cursor.lastrowid)
+
+    def pending(self) -> list[PendingDecision]:
+        """Journalled decisions, oldest first; each audit line carries its `seq`."""
+        rows = self._db.execute("SELECT seq, action, audit, audited FROM pending ORDER BY seq")
+        return [
+            PendingDecision(seq, json.loads(action), {**json.loads(audit), "seq": seq}, bool(audited))
+            for seq, action, audit, audited in rows
+        ]
+
+    def mark_audited(self, up_to_seq: int) -> None:
+        self._db.execute("UPDATE pending SET audited = 1 WHERE seq <= ?", (up_to_seq,))
+
+    def finish_pending(self, seqs: Sequence[int]) -> None:
+        self._db.executemany("DELETE FROM pending WHERE seq = ?", [(seq,) for seq in seqs])
+
     def _images(self, where: str, params: tuple) -> list[LedgerImage]:
-        query = f"SELECT seq, partition_key, job_id, file FROM images {where}"
+        query = f"SELECT seq, partition_key, job_id, file, sha256, bytes, width, height FROM images {where}"
         return [LedgerImage(*row) for row in self._db.execute(query, params)]
+
+    def _add_missing_image_columns(self) -> None:
+        """Databases from before intake stored image facts gain the columns (NULL for old rows)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
+        for name, kind in _IMAGE_FACTS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")

@@ -51,8 +51,9 @@ class IntakeError(Exception):
     """A rejection: a stable `code` from REJECTION_CODES and a one-line `message`.
 
     `job_id` and `agent_id` are filled in when the manifest told us them, so the audit line
-    and the outbox status can name the job. `authentic` is set once the signature, time
-    window and replay checks have passed: only then is the job's nonce and id burnt.
+    and the outbox status can name the job. `signed` is set once the signature matched: only
+    then may a rejection be announced under the job id. `authentic` is set once the time
+    window and replay checks have passed too: only then is the job's nonce and id burnt.
     Messages never contain a secret.
     """
 
@@ -63,6 +64,7 @@ class IntakeError(Exception):
         job_id: str | None = None,
         agent_id: str | None = None,
         authentic: bool = False,
+        signed: bool = False,
     ):
         if code not in REJECTION_CODES:
             raise ValueError(f"unknown rejection code {code!r}")
@@ -72,6 +74,7 @@ class IntakeError(Exception):
         self.job_id = job_id
         self.agent_id = agent_id
         self.authentic = authentic
+        self.signed = signed
 
 
 def is_valid_id(value: object) -> bool:

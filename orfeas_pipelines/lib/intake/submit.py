@@ -111,6 +111,9 @@ def write_job(
             (staging / name).write_bytes(data)
         (staging / MANIFEST_NAME).write_bytes(raw)
         os.rename(staging, final)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SubmitError(f"job {job_id} cannot be written into {home.inbox} ({error.strerror or error})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -16,13 +16,14 @@ import errno
 import hashlib
 import os
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from orfeas_pipelines.lib.images import ImageError, verify_image
-from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+from orfeas_pipelines.lib.intake.ledger import ImageFacts, IntakeLedger
 from orfeas_pipelines.lib.intake.manifest import (
     MAX_MANIFEST_BYTES,
     ImageEntry,
@@ -49,6 +50,15 @@ class ImageLimits:
     max_pixels: int = 4096 * 4096
 
 
+@dataclass(frozen=True)
+class VerifiedJob:
+    """A job that passed every check but the rate limit, with what intake learnt of its images."""
+
+    manifest: JobManifest
+    policy: AgentPolicy
+    images: tuple[ImageFacts, ...]
+
+
 def read_manifest(folder: Path) -> bytes:
     """The raw job.json of a job folder; FileNotFoundError when it is not written yet."""
     try:
@@ -59,10 +69,7 @@ def read_manifest(folder: Path) -> bytes:
         if error.errno == errno.ELOOP:
             raise IntakeError("path_not_allowed", "job.json is a symlink") from None
         raise IntakeError("not_a_job", f"job.json cannot be read ({error.strerror})") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise IntakeError("not_a_job", "job.json is not a regular file")
+    with _regular_file(fd, IntakeError("not_a_job", "job.json is not a regular file")) as (handle, info):
         if info.st_size > MAX_MANIFEST_BYTES:
             raise IntakeError("too_large", f"job.json is {info.st_size} bytes, over the limit of {MAX_MANIFEST_BYTES}")
         return _read_bounded(handle, info.st_size, MAX_MANIFEST_BYTES)
@@ -78,11 +85,12 @@ def verify_job(
     window_seconds: float,
     limits: ImageLimits,
     manifest: JobManifest | None = None,
-) -> tuple[JobManifest, AgentPolicy]:
-    """Every check except the rate limit; returns the manifest and the agent's policy.
+) -> VerifiedJob:
+    """Every check except the rate limit.
 
     `judged_at_epoch` is the time the job counts as arrived (now, or when it was first
-    deferred). Pass `manifest` when the caller already parsed `raw`.
+    deferred). Pass `manifest` when the caller already parsed `raw`. An IntakeError raised
+    after the signature matched has `signed` set: only such an error may speak for the job id.
     """
     if manifest is None:
         manifest = parse_manifest(raw)
@@ -94,17 +102,20 @@ def verify_job(
         raise IntakeError("unknown_agent", f"agent {agent_id} is not in the key registry", job_id, agent_id)
     if not signature_matches(manifest.signed_fields(), manifest.signature, policy.secret):
         raise IntakeError("bad_signature", f"signature does not match agent {agent_id}'s key", job_id, agent_id)
-    _check_time_window(manifest, judged_at_epoch, window_seconds)
-    if ledger.nonce_seen(agent_id, manifest.nonce):
-        raise IntakeError("replay", f"nonce was already used by agent {agent_id}", job_id, agent_id)
-    if ledger.job_seen(job_id) or os.path.lexists(jobs_dir / job_id):
-        raise IntakeError("replay", f"job id {job_id} was already used", job_id, agent_id)
+    try:
+        _check_time_window(manifest, judged_at_epoch, window_seconds)
+        if ledger.nonce_seen(agent_id, manifest.nonce):
+            raise IntakeError("replay", f"nonce was already used by agent {agent_id}", job_id, agent_id)
+        if ledger.job_seen(job_id) or os.path.lexists(jobs_dir / job_id):
+            raise IntakeError("replay", f"job id {job_id} was already used", job_id, agent_id)
+    except IntakeError as error:
+        raise IntakeError(error.code, error.message, job_id, agent_id, signed=True) from None
     try:
         _check_permissions(manifest, policy)
-        _check_images(folder, manifest.images, limits)
+        images = _check_images(folder, manifest.images, limits)
     except IntakeError as error:
-        raise IntakeError(error.code, error.message, job_id, agent_id, authentic=True) from None
-    return manifest, policy
+        raise IntakeError(error.code, error.message, job_id, agent_id, authentic=True, signed=True) from None
+    return VerifiedJob(manifest, policy, images)
 
 
 def _check_time_window(manifest: JobManifest, judged_at_epoch: float, window_seconds: float) -> None:
@@ -147,7 +158,7 @@ def _check_permissions(manifest: JobManifest, policy: AgentPolicy) -> None:
         )
 
 
-def _check_images(folder: Path, images: list[ImageEntry], limits: ImageLimits) -> None:
+def _check_images(folder: Path, images: list[ImageEntry], limits: ImageLimits) -> tuple[ImageFacts, ...]:
     try:
         folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -155,31 +166,37 @@ def _check_images(folder: Path, images: list[ImageEntry], limits: ImageLimits) -
     except OSError as error:
         raise IntakeError("image_missing", f"job folder cannot be read ({error.strerror})") from None
     try:
-        for image in images:
-            _check_image(folder_fd, image, limits)
+        return tuple(_check_image(folder_fd, image, limits) for image in images)
     finally:
         os.close(folder_fd)
 
 
-def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits) -> None:
+def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits) -> ImageFacts:
     name = image.file
     if not is_valid_id(name) or name == MANIFEST_NAME:
         raise IntakeError(
             "path_not_allowed",
             f"image {_quote(name)} is not a plain file name inside the job folder (A-Z a-z 0-9 . _ -)",
         )
-    data = _read_image(folder_fd, name, limits.max_bytes)
-    if hashlib.sha256(data).hexdigest() != image.sha256.lower():
+    data = read_image_at(folder_fd, name, limits.max_bytes)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != image.sha256.lower():
         raise IntakeError("hash_mismatch", f"image {name}: sha256 does not match the manifest")
-    if not _is_accepted_image_format(data):
-        raise IntakeError("not_an_image", f"image {name}: not a PNG, JPEG or WebP file")
     try:
-        verify_image(data, name, limits.max_pixels, limits.max_bytes, ACCEPTED_IMAGE_FORMATS)
+        width, height = check_image_policy(data, name, limits)
     except ImageError as error:
         raise IntakeError(error.code, f"image {error}") from None
+    return ImageFacts(name, digest, len(data), width, height)
 
 
-def _read_image(folder_fd: int, name: str, max_bytes: int) -> bytes:
+def check_image_policy(data: bytes, name: str, limits: ImageLimits) -> tuple[int, int]:
+    """Intake's format and size policy on an image's bytes, fully decoded; returns (width, height)."""
+    require_accepted_format(data, name)
+    return verify_image(data, name, limits.max_pixels, limits.max_bytes, ACCEPTED_IMAGE_FORMATS)
+
+
+def read_image_at(folder_fd: int, name: str, max_bytes: int) -> bytes:
+    """An image's bytes, opened without following symlinks and read at most once past `max_bytes`."""
     try:
         fd = os.open(name, _OPEN_FLAGS, dir_fd=folder_fd)
     except OSError as error:
@@ -188,16 +205,27 @@ def _read_image(folder_fd: int, name: str, max_bytes: int) -> bytes:
         if error.errno == errno.ELOOP:
             raise IntakeError("path_not_allowed", f"image {name} is a symlink") from None
         raise IntakeError("image_missing", f"image {name} cannot be read ({error.strerror})") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise IntakeError("path_not_allowed", f"image {name} is not a regular file")
+    with _regular_file(fd, IntakeError("path_not_allowed", f"image {name} is not a regular file")) as (handle, info):
         if info.st_size > max_bytes:
             raise IntakeError("too_large", f"image {name} is {info.st_size} bytes, over the limit of {max_bytes}")
         data = _read_bounded(handle, info.st_size, max_bytes)
     if len(data) > max_bytes:
         raise IntakeError("too_large", f"image {name} grew past the limit of {max_bytes} bytes while being read")
     return data
+
+
+@contextmanager
+def _regular_file(fd: int, not_regular: IntakeError) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """The open file and its stat; anything but a regular file (a directory, a FIFO) is `not_regular`.
+
+    Checked before Python wraps the descriptor, which would raise IsADirectoryError itself.
+    """
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise not_regular
+    with os.fdopen(fd, "rb") as handle:
+        yield handle, info
 
 
 def _read_bounded(handle: BinaryIO, expected_size: int, limit: int) -> bytes:
@@ -211,9 +239,10 @@ def _read_bounded(handle: BinaryIO, expected_size: int, limit: int) -> bytes:
     return data
 
 
-def _is_accepted_image_format(data: bytes) -> bool:
+def require_accepted_format(data: bytes, name: str) -> None:
     """PNG, JPEG and WebP only, by magic bytes, so Pillow never reaches riskier decoders (EPS...)."""
-    return data.startswith(_IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    if not (data.startswith(_IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")):
+        raise ImageError(name, "not a PNG, JPEG or WebP file")
 
 
 def _quote(name: str) -> str:

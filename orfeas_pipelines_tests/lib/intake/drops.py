@@ -9,6 +9,7 @@ import os
 import secrets
 import stat
 import struct
+import time
 import zlib
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,23 @@ def png_claiming_size(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[12 : ihdr_start + 13]))
     data[ihdr_start + 13 : ihdr_start + 17] = struct.pack(">I", crc)
     return bytes(data)
+
+
+def jpeg_with_scans(size: int, extra_scans: int) -> bytes:
+    """A flat progressive JPEG whose last (tiny) scan is repeated: cheap to write, slow to decode."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (90, 120, 200)).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan = data.rindex(b"\xff\xda")
+    end = len(data) - 2
+    return data[:end] + data[last_scan:end] * extra_scans + data[end:]
+
+
+def png_with_chunks(png: bytes, count: int) -> bytes:
+    """The PNG with `count` empty private chunks before its image data: valid, and slow to walk."""
+    empty = b"\x00\x00\x00\x00prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    image_data = png.index(b"IDAT") - 4
+    return png[:image_data] + empty * count + png[image_data:]
 
 
 def sha256_hex(data: bytes) -> str:
@@ -198,7 +216,18 @@ def drop_bad_corpus(home: OrfeasHome, agent: AgentPolicy, now: datetime, outside
     expected["stray.txt"] = "not_a_job"
     (home.inbox / "stray-link").symlink_to(outside)
     expected["stray-link"] = "not_a_job"
+    age_entries(home.inbox, expected)
     return expected
+
+
+def age_entries(folder: Path, names, seconds: float = 3600.0) -> None:
+    """Date the entries and everything in them `seconds` back: drops no longer being written."""
+    when = time.time() - seconds
+    for name in names:
+        root = Path(folder) / name
+        paths = [root] if root.is_symlink() or not root.is_dir() else [root, *root.iterdir()]
+        for path in paths:
+            os.utime(path, (when, when), follow_symlinks=False)
 
 
 def drop_replays(home: OrfeasHome, agent: AgentPolicy, now: datetime, accepted_job_id: str) -> dict[str, str]:

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -5,7 +6,7 @@ import pytest
 
 import orfeas_pipelines.lib.intake.inbox as inbox_module
 from orfeas_pipelines.lib.intake.audit import read_audit
-from orfeas_pipelines.lib.intake.inbox import process_inbox
+from orfeas_pipelines.lib.intake.inbox import process_inbox, safe_entry_name
 from orfeas_pipelines.lib.intake.ledger import IntakeLedger
 from orfeas_pipelines.lib.intake.registry import AgentRegistry
 from orfeas_pipelines.lib.outbox import read_status
@@ -13,6 +14,7 @@ from orfeas_pipelines_tests.lib.intake.drops import (
     drop_bad_corpus,
     drop_folder,
     drop_good_job,
+    age_entries,
     drop_replays,
     make_agent,
     make_home,
@@ -39,12 +41,11 @@ def snapshot(home):
 
 
 def quarantined_content(home, rejection):
+    """The dropped entry as kept in its quarantine folder, beside (never inside) our reason.json."""
     target = home.root / rejection.quarantined_as
-    wrapped = target / rejection.entry
-    if wrapped.exists() or wrapped.is_symlink():
-        assert sorted(path.name for path in target.iterdir()) == sorted([rejection.entry, "reason.json"])
-        return tree_digest(wrapped)
-    return {name: digest for name, digest in tree_digest(target).items() if name != "reason.json"}
+    inner = safe_entry_name(rejection.entry)
+    assert sorted(path.name for path in target.iterdir()) == sorted([inner, "reason.json"])
+    return tree_digest(target / inner)
 
 
 def test_bad_drop_corpus_is_quarantined_byte_for_byte_beside_accepted_good_jobs(home, tmp_path):
@@ -68,7 +69,7 @@ def test_bad_drop_corpus_is_quarantined_byte_for_byte_beside_accepted_good_jobs(
     for rejection in outcome.rejected:
         assert quarantined_content(home, rejection) == before[rejection.entry], rejection.entry
         reason = json.loads((home.root / rejection.quarantined_as / "reason.json").read_text())
-        assert set(reason) == {"code", "message", "at"}
+        assert set(reason) == {"code", "message", "at", "entry"} and reason["entry"] == rejection.entry
         assert reason["code"] == expected[rejection.entry] and "\n" not in reason["message"]
     assert tree_digest(outside) == {"secret.png": tree_digest(outside / "secret.png")["."]}
 
@@ -77,7 +78,7 @@ def test_bad_drop_corpus_is_quarantined_byte_for_byte_beside_accepted_good_jobs(
         [(job_id, "accepted", None) for job_id in good]
         + [(entry, "rejected", code) for entry, code in expected.items()]
     )
-    assert read_status(home, "tampered")["reason"]["code"] == "bad_signature"
+    assert read_status(home, "tampered") is None, "an unsigned rejection never speaks for a job id"
     assert read_status(home, "glb-format")["reason"]["code"] == "format_not_allowed"
     assert read_status(home, "other-id") is None and read_status(home, "wrong-folder") is None
 
@@ -146,7 +147,9 @@ def test_an_entry_the_intake_fails_on_is_held_and_the_others_go_on(home, monkeyp
     [line] = [line for line in read_audit(home.audit_log) if line["decision"] == "deferred"]
     assert line["entry"] == poison and "stays in inbox/" in line["message"]
     monkeypatch.setattr(inbox_module, "verify_job", real_verify)
-    assert [job.job_id for job in tick(home).accepted] == [poison], "its ledger writes were undone"
+    assert tick(home, NOW + timedelta(seconds=5)).accepted == [], "retried with backoff, not every tick"
+    retried = tick(home, NOW + timedelta(seconds=16))
+    assert [job.job_id for job in retried.accepted] == [poison], "its ledger writes were undone"
 
 
 def test_rate_limit_defers_without_losing_or_staling_and_does_not_starve_others(home):
@@ -156,7 +159,7 @@ def test_rate_limit_defers_without_losing_or_staling_and_does_not_starve_others(
     quiet = drop_good_job(home, other, NOW, job_id="b-0")
 
     first = tick(home)
-    assert [job.job_id for job in first.accepted] == ["a-0", "a-1", "b-0"]
+    assert [job.job_id for job in first.accepted] == ["a-0", "b-0", "a-1"], "round-robin across agents"
     assert [deferral.entry for deferral in first.deferred] == ["a-2", "a-3", "a-4"]
     assert sorted(path.name for path in home.inbox.iterdir()) == ["a-2", "a-3", "a-4"]
     deferred_lines = [line for line in read_audit(home.audit_log) if line["decision"] == "deferred"]
@@ -199,18 +202,24 @@ def test_image_budget_stops_a_tick_before_the_job_that_would_exceed_it(home):
     assert [key for job in outcome.accepted for key in job.partition_keys] == ["job-1/a.png", "job-1/b.png"]
 
 
-def test_quarantine_never_overwrites_and_wraps_entries_with_their_own_reason_json(home):
+def test_quarantine_never_overwrites_and_keeps_the_reason_beside_the_entry(home):
     (home.inbox / "stray.txt").write_text("first")
     tick(home)
     (home.inbox / "stray.txt").write_text("second")
+    (home.inbox / "reason.json").write_text('{"mine": true}')
     drop_folder(home, "has-reason", b"{", {"reason.json": b'{"mine": true}'})
+    age_entries(home.inbox, ["stray.txt", "reason.json", "has-reason"])
     outcome = tick(home)
+    stray_reason = "reason.json-" + hashlib.sha256(b"reason.json").hexdigest()[:12]
     assert sorted(rejection.quarantined_as for rejection in outcome.rejected) == [
         "quarantine/has-reason",
+        f"quarantine/{stray_reason}",
         "quarantine/stray.txt.1",
     ]
     assert (home.quarantine / "stray.txt" / "stray.txt").read_text() == "first"
     assert (home.quarantine / "stray.txt.1" / "stray.txt").read_text() == "second"
+    assert (home.quarantine / stray_reason / stray_reason).read_text() == '{"mine": true}'
+    assert json.loads((home.quarantine / stray_reason / "reason.json").read_text())["entry"] == "reason.json"
     assert (home.quarantine / "has-reason" / "has-reason" / "reason.json").read_bytes() == b'{"mine": true}'
     assert json.loads((home.quarantine / "has-reason" / "reason.json").read_text())["code"] == "bad_json"
 
@@ -226,24 +235,3 @@ def test_accepted_jobs_are_in_the_image_log_with_their_parameters(home):
     assert (stored.formats, stored.resolution, stored.seed) == (("stl", "ply"), 64, 5)
     images = read_status(home, job_id)["images"]
     assert images == [{"file": "chair.png", "state": "queued", "outputs": {}, "metrics": {}}]
-
-
-def test_a_tick_that_dies_after_moving_jobs_is_recovered_by_the_next(home, monkeypatch):
-    agent = make_agent(home)
-    job_id = drop_good_job(home, agent, NOW)
-
-    def crash(*args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(inbox_module, "append_audit", crash)
-    with pytest.raises(OSError, match="disk full"):
-        tick(home)
-    monkeypatch.undo()
-    assert (home.jobs / job_id).is_dir() and read_status(home, job_id) is None
-
-    outcome = tick(home)
-    assert [job.job_id for job in outcome.accepted] == [job_id]
-    assert read_status(home, job_id)["state"] == "queued"
-    with IntakeLedger(home.state / "intake.sqlite") as ledger:
-        assert [image.job_id for image in ledger.images_after(0, 10)] == [job_id]
-    assert tick(home).accepted == []

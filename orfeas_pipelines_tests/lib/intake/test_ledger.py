@@ -1,10 +1,17 @@
+import sqlite3
+
 import pytest
 
-from orfeas_pipelines.lib.intake.ledger import AcceptedJob, IntakeLedger, partition_key
+from orfeas_pipelines.lib.intake.ledger import AcceptedJob, ImageFacts, IntakeLedger, LedgerImage, partition_key
 
 
 def job(job_id: str, agent_id: str = "agent-a", files=("a.png", "b.png")) -> AcceptedJob:
     return AcceptedJob(job_id, agent_id, list(files), [partition_key(job_id, f) for f in files], ("stl", "glb"), 64, 9)
+
+
+def accept(ledger: IntakeLedger, accepted: AcceptedJob, nonce: str, at: float) -> None:
+    ledger.record_accepted(accepted, nonce, at)
+    ledger.log_images(accepted, [ImageFacts(file, "ab" * 32, 100, 16, 8) for file in accepted.files])
 
 
 def test_seen_nonces_and_job_ids_survive_reopening(tmp_path):
@@ -23,7 +30,7 @@ def test_image_log_pages_by_seq_and_the_cursor_is_one_integer(tmp_path):
         assert ledger.last_seq() == 0 and ledger.images_after(0, 10) == []
         with ledger.transaction():
             for index in range(5):
-                ledger.record_accepted(job(f"job-{index}"), f"n{index}", 100.0)
+                accept(ledger, job(f"job-{index}"), f"n{index}", 100.0)
         first = ledger.images_after(0, 4)
         rest = ledger.images_after(first[-1].seq, 100)
         assert [image.partition_key for image in first + rest] == [
@@ -36,7 +43,7 @@ def test_image_log_pages_by_seq_and_the_cursor_is_one_integer(tmp_path):
 def test_accepted_job_keeps_parameters_and_images(tmp_path):
     with IntakeLedger(tmp_path / "intake.sqlite") as ledger:
         with ledger.transaction():
-            ledger.record_accepted(job("job-1"), "n1", 100.0)
+            accept(ledger, job("job-1"), "n1", 100.0)
             ledger.record_rejected("job-2", "agent-a", "n2", 100.0)
         assert ledger.accepted_job("job-1") == job("job-1")
         assert ledger.accepted_job("job-2") is None and ledger.accepted_job("nope") is None
@@ -73,8 +80,46 @@ def test_deferral_keeps_the_first_time_until_the_manifest_changes(tmp_path):
         assert ledger.deferred_since("entry", "digest-2") is None
 
 
-def test_unknown_job_ids_lists_those_without_a_decision(tmp_path):
+def test_image_facts_are_stored_and_an_old_database_gains_their_columns(tmp_path):
+    path = tmp_path / "intake.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE images (seq INTEGER PRIMARY KEY AUTOINCREMENT, partition_key TEXT NOT NULL UNIQUE, "
+        "job_id TEXT NOT NULL, agent_id TEXT NOT NULL, file TEXT NOT NULL)"
+    )
+    old.execute("INSERT INTO images (partition_key, job_id, agent_id, file) VALUES ('old/a.png', 'old', 'x', 'a.png')")
+    old.commit()
+    old.close()
+    with IntakeLedger(path) as ledger:
+        with ledger.transaction():
+            accept(ledger, job("job-1", files=("a.png",)), "n1", 100.0)
+        assert ledger.images_after(0, 10) == [
+            LedgerImage(1, "old/a.png", "old", "a.png"),
+            LedgerImage(2, "job-1/a.png", "job-1", "a.png", "ab" * 32, 100, 16, 8),
+        ]
+        assert ledger.image("job-1/a.png").sha256 == "ab" * 32 and ledger.image("nope/a.png") is None
+
+
+def test_journalled_decisions_keep_their_audit_line_until_finished(tmp_path):
     with IntakeLedger(tmp_path / "intake.sqlite") as ledger:
         with ledger.transaction():
-            ledger.record_accepted(job("job-1"), "n1", 100.0)
-        assert ledger.unknown_job_ids(["job-1", "job-9"]) == ["job-9"]
+            first = ledger.add_pending({"kind": "defer", "job": None}, {"decision": "deferred"})
+            second = ledger.add_pending({"kind": "defer", "job": None}, {"decision": "rejected"})
+        ledger.mark_audited(first)
+        pending = ledger.pending()
+        assert [(item.seq, item.audited, item.audit) for item in pending] == [
+            (first, True, {"decision": "deferred", "seq": first}),
+            (second, False, {"decision": "rejected", "seq": second}),
+        ]
+        ledger.finish_pending([first])
+        assert [item.seq for item in ledger.pending()] == [second]
+
+
+def test_deferrals_and_holds_do_not_outlive_their_entry(tmp_path):
+    with IntakeLedger(tmp_path / "intake.sqlite") as ledger:
+        ledger.deferral_started("gone", "digest", 100.0)
+        ledger.deferral_started("here", "digest", 100.0)
+        ledger.hold("gone-too", "bug", 1, 200.0)
+        ledger.forget_missing_entries({"here"})
+        assert ledger.deferred_since("gone", "digest") is None and ledger.deferred_since("here", "digest") == 100.0
+        assert ledger.holds() == {}

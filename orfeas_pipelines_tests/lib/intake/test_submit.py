@@ -92,3 +92,19 @@ def test_secret_never_appears_in_errors(setup):
     with pytest.raises(SubmitError) as caught:
         write_job(home, [images / "chair.png"], agent.agent_id, agent.secret, formats=("fbx",))
     assert agent.secret not in str(caught.value)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_job(setup, monkeypatch):
+    import errno
+    import os
+
+    home, agent, images = setup
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", full)
+    with pytest.raises(SubmitError, match=r"cannot be written into .*inbox \(No space left on device\)$"):
+        write_job(home, [images / "chair.png"], agent.agent_id, agent.secret, job_id="job-1")
+    monkeypatch.undo()
+    assert list(home.inbox.iterdir()) == []
