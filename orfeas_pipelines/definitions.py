@@ -7,6 +7,7 @@ the model load inside the resource when a run starts.
 import dagster as dg
 
 from orfeas_pipelines.assets.meshes import mesh, source_image
+from orfeas_pipelines.assets.report import mesh_quality_report
 from orfeas_pipelines.jobs import mesh_job
 from orfeas_pipelines.resources.home import OrfeasHomeResource
 from orfeas_pipelines.resources.inference import MeshGeneratorResource
@@ -15,9 +16,19 @@ from orfeas_pipelines.sensors.intake import IntakeSettings, inbox_sensor
 from orfeas_pipelines.sensors.status import job_status_sensor
 
 defs = dg.Definitions(
-    assets=[source_image, mesh],
+    assets=[source_image, mesh, mesh_quality_report],
     jobs=[mesh_job],
-    sensors=[inbox_sensor, job_status_sensor],
+    sensors=[
+        inbox_sensor,
+        job_status_sensor,
+        dg.AutomationConditionSensorDefinition(
+            "report_refresh_sensor",
+            target=[mesh_quality_report],
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=60,
+            description="Refreshes mesh_quality_report after runs deliver meshes.",
+        ),
+    ],
     schedules=[nightly_drain],
     # A run is one step: one process per run, and the model loads once per run.
     executor=dg.in_process_executor,

@@ -195,7 +195,7 @@ def _run_window(
             tally.seconds[stage] += seconds
         if failure is None:
             tally.delivered += 1
-            yield dg.AssetMaterialization(MESH, partition=key, metadata=_delivery_metadata(outcome))
+            yield dg.AssetMaterialization(MESH, partition=key, metadata=_delivery_metadata(outcome, mesh_generator.backend))
             yield _verdict_evaluation(key, outcome)
         elif failure.retryable:
             tally.retryable[key] = failure.message
@@ -279,9 +279,10 @@ def _verdict_evaluation(key: str, outcome: "Delivery") -> dg.AssetCheckEvaluatio
     return _valid_evaluation(key, False, {**metadata, "reasons": dg.MetadataValue.json(quality["reasons"])}, warn=True)
 
 
-def _delivery_metadata(outcome: "Delivery") -> dict:
+def _delivery_metadata(outcome: "Delivery", backend: str) -> dict:
     """Per-image facts shown on the partition: the mesh, its files and how it was made."""
     metadata = {name: value for name, value in outcome.metrics.items() if isinstance(value, (int, float, str, bool))}
+    metadata["backend"] = backend
     metadata["files"] = dg.MetadataValue.json(outcome.outputs)
     metadata["pictures"] = dg.MetadataValue.md(outcome.pictures)
     metadata["folder"] = dg.MetadataValue.path(str(outcome.folder))

@@ -54,21 +54,30 @@ def file_of(partition_key: str) -> str:
 
 
 def load_requests(home: OrfeasHome, keys: list[str]) -> tuple[list[GenerationRequest], dict[str, Failure]]:
-    """Generation requests with each job's resolution and seed, each image decoded once."""
+    """Generation requests with each job's resolution and seed, each image read and decoded once.
+
+    Only bytes that hash to what intake verified are decoded (`load_accepted_image`): an image
+    rewritten after acceptance fails for good, a read that failed may succeed on retry.
+    """
     from orfeas_pipelines.lib.generation.base import GenerationRequest
-    from orfeas_pipelines.lib.images import ImageError, load_image
+    from orfeas_pipelines.lib.images import ImageError
+    from orfeas_pipelines.lib.intake.accepted import load_accepted_image
+    from orfeas_pipelines.lib.intake.ledger import IntakeLedger
 
     requests, failures = [], {}
-    for key in keys:
-        try:
-            params = job_manifest(home, job_id_of(key)).params
-            image = load_image(home.jobs / key)
-        except LookupError as error:
-            failures[key] = Failure(f"{key}: {error}", "not_an_accepted_job")
-        except ImageError as error:
-            failures[key] = Failure(f"{key}: {error.reason}", error.code, retryable=error.code == "image_missing")
-        else:
-            requests.append(GenerationRequest(key=key, image=image, resolution=params.resolution, seed=params.seed))
+    with IntakeLedger(home.state / "intake.sqlite") as ledger:
+        for key in keys:
+            try:
+                params = job_manifest(home, job_id_of(key)).params
+                image = load_accepted_image(home, key, ledger)
+            except LookupError as error:
+                failures[key] = Failure(f"{key}: {error}", "not_an_accepted_job")
+            except ImageError as error:
+                failures[key] = Failure(f"{key}: {error.reason}", error.code)
+            except OSError as error:
+                failures[key] = Failure(f"{key}: cannot be read ({error})", "io_error", retryable=True)
+            else:
+                requests.append(GenerationRequest(key=key, image=image, resolution=params.resolution, seed=params.seed))
     return requests, failures
 
 

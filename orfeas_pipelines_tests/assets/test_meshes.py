@@ -113,7 +113,7 @@ def test_failed_images_are_not_materialized_and_fail_their_own_check(home, agent
     states = [outbox.read_status(home, job_id)["state"] for job_id in job_ids]
     assert states == ["succeeded", "failed", "failed", "succeeded"]
     assert "no foreground" in outbox.read_status(home, job_ids[1])["images"][0]["error"]
-    assert "not a decodable image" in outbox.read_status(home, job_ids[2])["images"][0]["error"]
+    assert "sha256 does not match the signed manifest" in outbox.read_status(home, job_ids[2])["images"][0]["error"]
     logged = [entry.user_message for entry in instance.all_logs(result.run_id) if entry.level == logging.ERROR]
     assert all(any(line.startswith(key) for line in logged) for key in set(keys) - good), logged
     assert drain_keys(instance) == [], "failed for good: the drain leaves them"
