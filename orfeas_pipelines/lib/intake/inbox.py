@@ -31,6 +31,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Sequence
 
 from filelock import FileLock
 
@@ -96,8 +97,11 @@ def process_inbox(
     max_images: int = 2000,
     window_seconds: int = 600,
     limits: ImageLimits = ImageLimits(),
+    only: Sequence[str] | None = None,
 ) -> IntakeOutcome:
     """Decide up to `max_jobs` entries (and about `max_images` images); the rest wait.
+
+    `only` restricts the tick to those entry names (the HTTP API decides its own upload).
 
     Deferring a job of an agent already found over its rate in this tick costs only the
     manifest parse and does not count against `max_jobs`, so one flooding agent cannot
@@ -105,7 +109,7 @@ def process_inbox(
     """
     home.ensure()
     with FileLock(str(home.state / "intake.lock"), timeout=LOCK_TIMEOUT_SECONDS):
-        return _Tick(home, registry, ledger, now, window_seconds, limits).run(max_jobs, max_images)
+        return _Tick(home, registry, ledger, now, window_seconds, limits).run(max_jobs, max_images, only)
 
 
 def quarantine_entry(home: OrfeasHome, name: str, path: Path, reason: dict) -> Path:
@@ -151,10 +155,14 @@ class _Tick:
         self.rejections_to_announce: list[Rejection] = []
         self.recovered_without_status: list[AcceptedJob] = []
 
-    def run(self, max_jobs: int, max_images: int) -> IntakeOutcome:
+    def run(self, max_jobs: int, max_images: int, only: Sequence[str] | None = None) -> IntakeOutcome:
         marker = self.home.state / "intake.tick"
         entries = sorted(
-            (entry for entry in os.scandir(self.home.inbox) if not entry.name.startswith(".")),
+            (
+                entry
+                for entry in os.scandir(self.home.inbox)
+                if not entry.name.startswith(".") and (only is None or entry.name in only)
+            ),
             key=lambda entry: entry.name,
         )
         jobs = images = 0
