@@ -88,6 +88,7 @@ class StatusWatcher:
             for subscription in list(self._subscribers.get(job_id, ())):
                 if changed or subscription in fresh:
                     subscription.push(event)
+                    self._fresh.discard(subscription)
 
     def _changed_events(self, job_ids: list[str], fresh_jobs: set[str]) -> dict[str, tuple[dict, bool]]:
         """(event, changed since the last scan) for each job that changed or has a new subscriber."""
