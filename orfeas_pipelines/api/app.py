@@ -333,9 +333,9 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
                     if len(jobs) == limit:
                         break
             if len(page) < MAX_PAGE:
-                cursor = None
                 break
-        return JSONResponse({"jobs": jobs, "next_after": cursor if len(jobs) == limit else None})
+        more = len(jobs) == limit and bool(ledger.agent_job_ids(policy.agent_id, cursor, 1))
+        return JSONResponse({"jobs": jobs, "next_after": cursor if more else None})
 
     def job_file(request: Request) -> Response:
         name = request.path_params["name"]
