@@ -1,5 +1,6 @@
 """A real `orfeas serve` app under uvicorn on a free loopback port, per test, and an agent's client."""
 
+import functools
 import io
 import socket
 import threading
@@ -72,7 +73,15 @@ def client(server, bot):
         yield client
 
 
+@functools.cache
+def star_png() -> bytes:
+    return png(shapes.star())
+
+
 def png(pixels=None) -> bytes:
+    """PNG bytes of `pixels` (default: the star, drawn once per session)."""
+    if pixels is None:
+        return star_png()
     buffer = io.BytesIO()
-    Image.fromarray(shapes.star() if pixels is None else pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()

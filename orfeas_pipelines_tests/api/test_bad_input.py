@@ -212,7 +212,8 @@ def test_a_path_in_a_part_name_is_422_path_not_allowed(client, bot, home, name):
 def test_a_burst_of_1000_is_refused_with_429_and_retry_after_while_others_go_on(server, home):
     flood = create_agent(home.agents_file, "flood", rate_per_minute=3)
     calm = create_agent(home.agents_file, "calm")
-    bodies = [submission(flood) for _ in range(1000)]
+    image = [("star.png", png())]
+    bodies = [submission(flood, image) for _ in range(1000)]
 
     async def burst() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=32)

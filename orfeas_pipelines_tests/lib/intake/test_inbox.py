@@ -247,3 +247,13 @@ def test_a_tick_that_dies_after_moving_jobs_is_recovered_by_the_next(home, monke
     with IntakeLedger(home.state / "intake.sqlite") as ledger:
         assert [image.job_id for image in ledger.images_after(0, 10)] == [job_id]
     assert tick(home).accepted == []
+
+
+def test_only_decides_the_named_entries_and_leaves_the_rest(home):
+    agent = make_agent(home)
+    image = png_bytes()
+    for job_id in ("job-a", "job-b", "job-c"):
+        drop_folder(home, job_id, signed_manifest(agent, job_id, {"a.png": image}, NOW), {"a.png": image})
+    outcome = tick(home, only=["job-b"])
+    assert [job.job_id for job in outcome.accepted] == ["job-b"]
+    assert sorted(path.name for path in home.inbox.iterdir()) == ["job-a", "job-c"]
