@@ -107,31 +107,33 @@ def test_process_reports_a_failed_run_and_fails_its_images(home, agent, image_fi
 
 
 def test_bench_without_a_suite_runs_every_suite_with_its_defaults(monkeypatch, capsys):
-    from orfeas_pipelines.bench import generator, intake, runs
+    from orfeas_pipelines.bench import api, generator, intake, runs
 
     called = []
 
     def fake(name):
         def bench(**options):
             called.append((name, options))
-            return [{"suite": name, "ratio": 2.0}] if name == "generator" else {"suite": name, "ratio": 2.0}
+            row = {"suite": name, "phase": name, "ratio": 2.0, "goal_met": True}
+            return [row] if name in ("generator", "api") else row
 
         return bench
 
     monkeypatch.setattr(generator, "bench_generator", fake("generator"))
     monkeypatch.setattr(intake, "bench_intake", fake("intake"))
     monkeypatch.setattr(runs, "bench_runs", fake("runs"))
+    monkeypatch.setattr(api, "bench_api", fake("api"))
     assert main(["bench"]) == 0
     out = capsys.readouterr().out
-    assert [name for name, _ in called] == ["generator", "intake", "runs"]
+    assert [name for name, _ in called] == ["generator", "intake", "runs", "api"]
     assert called[1][1] == {"drops": 10_000} and called[2][1] == {"jobs": 32, "resolution": 64}
     assert [line for line in out.splitlines() if line.startswith("# orfeas bench")] == [
-        "# orfeas bench generator", "# orfeas bench intake", "# orfeas bench runs"
+        "# orfeas bench generator", "# orfeas bench intake", "# orfeas bench runs", "# orfeas bench api"
     ]
 
 
 def test_bench_without_a_suite_fails_when_a_suite_fails(monkeypatch, capsys):
-    from orfeas_pipelines.bench import generator, intake, runs
+    from orfeas_pipelines.bench import api, generator, intake, runs
 
     def broken(**options):
         raise RuntimeError("no disk left")
@@ -139,5 +141,6 @@ def test_bench_without_a_suite_fails_when_a_suite_fails(monkeypatch, capsys):
     monkeypatch.setattr(generator, "bench_generator", lambda **options: [{"ratio": 2.0}])
     monkeypatch.setattr(intake, "bench_intake", broken)
     monkeypatch.setattr(runs, "bench_runs", lambda **options: {"ratio": 2.0})
+    monkeypatch.setattr(api, "bench_api", lambda **options: [{"phase": "status", "goal_met": True}])
     assert main(["bench"]) == 1
     assert "no disk left" in capsys.readouterr().err
