@@ -37,6 +37,7 @@ from starlette.websockets import WebSocket
 from orfeas_pipelines.api.events import TERMINAL_STATES, StatusWatcher
 from orfeas_pipelines.api.upload import multipart_boundary, receive_upload
 from orfeas_pipelines.lib.home import OrfeasHome
+from orfeas_pipelines.lib.intake.audit import append_audit, audit_record
 from orfeas_pipelines.lib.intake.inbox import RATE_WINDOW_SECONDS, process_inbox
 from orfeas_pipelines.lib.intake.ledger import IntakeLedger
 from orfeas_pipelines.lib.intake.manifest import MAX_MANIFEST_BYTES, IntakeError, is_valid_id, parse_manifest
@@ -84,8 +85,9 @@ class ApiSettings:
     image_limits: ImageLimits = ImageLimits()
 
 
-def error_response(code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, HTTP_STATUS.get(code, 422), headers=headers)
+def error_response(error: RequestError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return JSONResponse(_error(error.code, error.message), HTTP_STATUS.get(error.code, 422), headers=headers)
 
 
 def job_progress(status: dict) -> int:
@@ -205,6 +207,11 @@ class OrfeasApi:
             document["queue_position"] = position if position is not None else 0
         return document
 
+    @staticmethod
+    def rate_limited(policy: AgentPolicy, retry: int) -> RequestError:
+        message = f"agent {policy.agent_id} is at its limit of {policy.rate_per_minute} jobs per minute"
+        return RequestError("rate_limited", message, retry_after=retry)
+
     def retry_after(self, policy: AgentPolicy) -> int | None:
         """Seconds until the agent may submit again, or None when it is within its rate."""
         now = time.time()
@@ -246,9 +253,8 @@ class OrfeasApi:
                 answers.append((HTTP_STATUS.get(code, 422), _error(code, message), {}))
             elif entry in deferred and deferred[entry].job_id is not None:
                 self._withdraw(ledger, entry, deferred[entry].job_id)
-                retry = self.retry_after(policy) or int(RATE_WINDOW_SECONDS)
-                message = f"agent {policy.agent_id} is at its limit of {policy.rate_per_minute} jobs per minute"
-                answers.append((429, _error("rate_limited", message), {"Retry-After": str(retry)}))
+                refusal = self.rate_limited(policy, self.retry_after(policy) or int(RATE_WINDOW_SECONDS))
+                answers.append((429, _error(refusal.code, refusal.message), {"Retry-After": str(refusal.retry_after)}))
             else:
                 reason = deferred[entry].reason if entry in deferred else "the entry was not decided"
                 answers.append((503, _error("held", f"{reason}; retry later"), {}))
@@ -261,10 +267,8 @@ class OrfeasApi:
         if ledger.accepted_job(job_id) is None and (read_status(self.home, job_id) or {}).get("state") == "queued":
             shutil.rmtree(self.home.outbox / job_id, ignore_errors=True)
 
-    def audit_refusal(self, error: RequestError, agent_id: str | None, job_id: str | None) -> None:
-        """A submission refused before intake could see it is still an audited decision."""
-        from orfeas_pipelines.lib.intake.audit import append_audit, audit_record
-
+    def audit_refusal(self, error: RequestError, agent_id: str, job_id: str | None) -> None:
+        """A known agent's submission refused before intake could see it is still an audited decision."""
         record = audit_record(
             datetime.now(timezone.utc), "rejected", "http", job_id=job_id, agent_id=agent_id,
             code=error.code, message=error.message, channel="http",
@@ -312,7 +316,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
             policy = signed_get(request)
             status = api.owned_status(policy, request.path_params["job_id"])
         except RequestError as error:
-            return error_response(error.code, error.message)
+            return error_response(error)
         return JSONResponse(api.describe(status))
 
     def list_jobs(request: Request) -> Response:
@@ -320,7 +324,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
             policy = signed_get(request)
             state, limit, after = _page_params(request)
         except RequestError as error:
-            return error_response(error.code, error.message)
+            return error_response(error)
         jobs, cursor = [], after
         ledger = api.ledger()
         while len(jobs) < limit:
@@ -347,7 +351,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
             if not is_valid_id(name) or name == STATUS_NAME or not path.is_file() or path.is_symlink():
                 raise RequestError("unknown_job", f"job {job_id} has no file {name if is_valid_id(name) else '?'}")
         except RequestError as error:
-            return error_response(error.code, error.message)
+            return error_response(error)
         return FileResponse(path)
 
     def metrics(request: Request) -> Response:
@@ -357,22 +361,23 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
 
     async def submit(request: Request) -> Response:
         scope = request.scope
-        policy: AgentPolicy | None = None
+        agent_id: str | None = None
         job_id: str | None = None
+        token = secrets.token_hex(8)
         staging: Path | None = None
         try:
             signed = await anyio.to_thread.run_sync(api.check_headers, request.headers, client_of(scope))
             policy = signed.policy
+            agent_id = policy.agent_id
             retry = await anyio.to_thread.run_sync(api.retry_after, policy)
             if retry is not None:
-                message = f"agent {policy.agent_id} is at its limit of {policy.rate_per_minute} jobs per minute"
-                return error_response("rate_limited", message, {"Retry-After": str(retry)})
+                raise api.rate_limited(policy, retry)
             limit = api.body_limit(policy)
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise RequestError("too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
             boundary = multipart_boundary(request.headers.get("content-type"))
-            staging = api.home.inbox / f".http.{secrets.token_hex(8)}.tmp"
+            staging = api.home.inbox / f".http.{token}.tmp"
             upload = await receive_upload(
                 request.stream(), boundary, staging, limit, api.settings.image_limits.max_bytes,
                 api.settings.upload_deadline_seconds,
@@ -380,17 +385,17 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
             await anyio.to_thread.run_sync(api.check_signature, signed, "POST", target_of(scope), upload.body_sha256)
             if upload.manifest is None:
                 raise RequestError("bad_upload", "no part named job.json")
-            entry = _entry_name(upload.manifest, staging)
-            job_id = entry if is_valid_id(entry) and not entry.startswith("http-") else None
+            job_id = _manifest_job_id(upload.manifest)
+            entry = job_id or f"http-{token}"
             _check_parts(upload, policy)
             await anyio.to_thread.run_sync(_publish, staging, upload.manifest, api.home.inbox / entry)
             staging = None
             status, body, headers = await api.intake.decide(entry, policy)
             return JSONResponse(body, status, headers=headers)
         except RequestError as error:
-            if policy is not None and request.method == "POST" and error.code not in ("replay",):
-                await anyio.to_thread.run_sync(api.audit_refusal, error, policy.agent_id, job_id)
-            return error_response(error.code, error.message)
+            if agent_id is not None:
+                await anyio.to_thread.run_sync(api.audit_refusal, error, agent_id, job_id)
+            return error_response(error)
         finally:
             if staging is not None:
                 await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
@@ -400,7 +405,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
             policy = await anyio.to_thread.run_sync(signed_get, request)
             status = await anyio.to_thread.run_sync(api.owned_status, policy, request.path_params["job_id"])
         except RequestError as error:
-            return error_response(error.code, error.message)
+            return error_response(error)
         subscription = api.watcher.subscribe(status["job_id"])
 
         async def stream():
@@ -425,7 +430,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
             )
             status = await anyio.to_thread.run_sync(api.owned_status, policy, websocket.path_params["job_id"])
         except RequestError as error:
-            await websocket.send_denial_response(error_response(error.code, error.message))
+            await websocket.send_denial_response(error_response(error))
             return
         await websocket.accept()
         subscription = api.watcher.subscribe(status["job_id"])
@@ -469,12 +474,12 @@ def _page_params(request: Request) -> tuple[str | None, int, str | None]:
     return state, int(limit_text), after
 
 
-def _entry_name(manifest: bytes, staging: Path) -> str:
-    """The inbox entry for this upload: its job id, or a fresh name when the manifest has none."""
+def _manifest_job_id(manifest: bytes) -> str | None:
+    """The job id the manifest gives (it names the inbox entry), if it gives a valid one."""
     try:
         return parse_manifest(manifest).job_id
     except IntakeError as error:
-        return error.job_id or f"http-{staging.name.split('.')[2]}"
+        return error.job_id
 
 
 def _check_parts(upload, policy: AgentPolicy) -> None:

@@ -148,28 +148,11 @@ def _child(results, function, args) -> None:
 async def _status_load(load: dict, jobs: list[str], clients: int) -> tuple[list[float], float]:
     from orfeas_pipelines.lib.intake.requests import signed_headers
 
-    started_at = time.perf_counter()
-    deadline = started_at + load["seconds"]
-    latencies: list[float] = []
+    def request(index: int, count: int) -> bytes:
+        target = f"/v1/jobs/{jobs[(index + count) % len(jobs)]}"
+        return _request_bytes("GET", target, signed_headers(load["agent_id"], load["secret"], "GET", target))
 
-    async def client(index: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", load["port"])
-        count = 0
-        while time.perf_counter() < deadline and count < 100_000:
-            target = f"/v1/jobs/{jobs[(index + count) % len(jobs)]}"
-            headers = signed_headers(load["agent_id"], load["secret"], "GET", target)
-            request = _request_bytes("GET", target, headers)
-            started = time.perf_counter()
-            writer.write(request)
-            status, _ = await _read_response(reader)
-            latencies.append(time.perf_counter() - started)
-            if status != 200:
-                raise RuntimeError(f"status request answered {status}")
-            count += 1
-        writer.close()
-
-    await asyncio.gather(*(client(index) for index in range(clients)))
-    return latencies, time.perf_counter() - started_at
+    return await _closed_loop(load, clients, request, 200, 100_000)
 
 
 async def _submit_load(load: dict, clients: int) -> tuple[list[float], float]:
@@ -177,6 +160,21 @@ async def _submit_load(load: dict, clients: int) -> tuple[list[float], float]:
     from orfeas_pipelines.lib.intake.requests import signed_headers
 
     image = _png_of_size(SUBMIT_IMAGE_BYTES)
+
+    def request(index: int, count: int) -> bytes:
+        _, content_type, body = job_body(load["agent_id"], load["secret"], [("photo.png", image)], resolution=64)
+        headers = signed_headers(load["agent_id"], load["secret"], "POST", "/v1/jobs", hashlib.sha256(body).hexdigest())
+        headers["Content-Type"] = content_type
+        return _request_bytes("POST", "/v1/jobs", headers, body)
+
+    return await _closed_loop(load, clients, request, 202, 2_000)
+
+
+async def _closed_loop(load: dict, clients: int, request, expected: int, max_per_client: int) -> tuple[list[float], float]:
+    """`clients` connections, each sending `request(index, count)` and awaiting its answer, until the time is up.
+
+    Returns every request's latency (signing excluded) and the phase's wall time.
+    """
     started_at = time.perf_counter()
     deadline = started_at + load["seconds"]
     latencies: list[float] = []
@@ -184,17 +182,14 @@ async def _submit_load(load: dict, clients: int) -> tuple[list[float], float]:
     async def client(index: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", load["port"])
         count = 0
-        while time.perf_counter() < deadline and count < 2_000:
-            _, content_type, body = job_body(load["agent_id"], load["secret"], [("photo.png", image)], resolution=64)
-            headers = signed_headers(load["agent_id"], load["secret"], "POST", "/v1/jobs", hashlib.sha256(body).hexdigest())
-            headers["Content-Type"] = content_type
-            request = _request_bytes("POST", "/v1/jobs", headers, body)
+        while time.perf_counter() < deadline and count < max_per_client:
+            payload = request(index, count)
             started = time.perf_counter()
-            writer.write(request)
-            status, payload = await _read_response(reader)
+            writer.write(payload)
+            status, answer = await _read_response(reader)
             latencies.append(time.perf_counter() - started)
-            if status != 202:
-                raise RuntimeError(f"submission answered {status}: {payload[:200]!r}")
+            if status != expected:
+                raise RuntimeError(f"request answered {status}, not {expected}: {answer[:200]!r}")
             count += 1
         writer.close()
 

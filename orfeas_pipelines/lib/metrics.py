@@ -23,15 +23,16 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from orfeas_pipelines.lib.home import OrfeasHome
 
 if TYPE_CHECKING:
-    from orfeas_pipelines.lib.queue import JobTracker
+    from orfeas_pipelines.lib.queue import JobTracker, QueueDepth
 
 SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+DEVICE_LABELS = ["backend", "device"]
 METRIC_NAMES = (
     "orfeas_intake_decisions_total",
     "orfeas_images_total",
@@ -191,65 +192,61 @@ class OrfeasCollector:
     def describe(self) -> list:
         return []
 
-    def collect(self) -> Iterator:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
+    def collect(self) -> list:
         with self._lock:
             self._batches.read(self._db)
             self._audit.read()
             self.tracker.refresh(force=True)
-            depth = self.tracker.depth()
-            finished = self.tracker.finished_images()
-            batches = self._batches
+            return self._families(self.tracker.depth(), self.tracker.finished_images())
 
-            decisions = CounterMetricFamily(
-                "orfeas_intake_decisions", "Intake decisions of both channels by outcome and reason code",
-                labels=["decision", "code"],
-            )
-            for (decision, code), count in sorted(self._audit.counts.items()):
-                decisions.add_metric([decision, code], count)
-            yield decisions
+    def _families(self, depth: "QueueDepth", finished: dict[str, int]) -> list:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-            images = CounterMetricFamily("orfeas_images", "Images of accepted jobs by final state", labels=["state"])
-            for state, count in finished.items():
-                images.add_metric([state], count)
-            yield images
+        batches = self._batches
+        families = [
+            _labelled(
+                CounterMetricFamily, "orfeas_intake_decisions",
+                "Intake decisions of both channels by outcome and reason code", ["decision", "code"], self._audit.counts,
+            ),
+            _labelled(
+                CounterMetricFamily, "orfeas_images", "Images of accepted jobs by final state", ["state"],
+                {(state,): count for state, count in finished.items()},
+            ),
+            GaugeMetricFamily(
+                "orfeas_queue_inbox_entries", "Entries waiting in inbox/ (drops not decided yet)", value=depth.inbox_entries
+            ),
+            GaugeMetricFamily("orfeas_queue_images_waiting", "Accepted images not started", value=depth.images_waiting),
+            GaugeMetricFamily("orfeas_queue_images_running", "Images in a run now", value=depth.images_running),
+        ]
+        for name, help_text, histograms in (
+            ("orfeas_generation_seconds", "Seconds per generated batch", batches.seconds),
+            ("orfeas_batch_size", "Images per generated batch", batches.sizes),
+        ):
+            family = HistogramMetricFamily(name, help_text, labels=DEVICE_LABELS)
+            for key, histogram in sorted(histograms.items()):
+                family.add_metric(list(key), histogram.buckets(), histogram.total)
+            families.append(family)
+        return families + [
+            _labelled(
+                CounterMetricFamily, "orfeas_oom_halvings", "Batches halved after the device ran out of memory",
+                DEVICE_LABELS, batches.oom_halvings,
+            ),
+            _labelled(
+                GaugeMetricFamily, "orfeas_device_memory_peak_bytes", "Highest device memory peak of any batch",
+                DEVICE_LABELS, batches.peak,
+            ),
+            _labelled(
+                GaugeMetricFamily, "orfeas_device_memory_in_use_bytes", "Device memory held after the latest batch",
+                DEVICE_LABELS, batches.in_use,
+            ),
+        ]
 
-            for name, help_text, value in (
-                ("orfeas_queue_inbox_entries", "Entries waiting in inbox/ (drops not decided yet)", depth.inbox_entries),
-                ("orfeas_queue_images_waiting", "Accepted images not started", depth.images_waiting),
-                ("orfeas_queue_images_running", "Images in a run now", depth.images_running),
-            ):
-                yield GaugeMetricFamily(name, help_text, value=value)
 
-            labels = ["backend", "device"]
-            seconds = HistogramMetricFamily("orfeas_generation_seconds", "Seconds per generated batch", labels=labels)
-            sizes = HistogramMetricFamily("orfeas_batch_size", "Images per generated batch", labels=labels)
-            for key, histogram in sorted(batches.seconds.items()):
-                seconds.add_metric(list(key), histogram.buckets(), histogram.total)
-            for key, histogram in sorted(batches.sizes.items()):
-                sizes.add_metric(list(key), histogram.buckets(), histogram.total)
-            yield seconds
-            yield sizes
-
-            ooms = CounterMetricFamily(
-                "orfeas_oom_halvings", "Batches halved after the device ran out of memory", labels=labels
-            )
-            for key, count in sorted(batches.oom_halvings.items()):
-                ooms.add_metric(list(key), count)
-            yield ooms
-            peak = GaugeMetricFamily(
-                "orfeas_device_memory_peak_bytes", "Highest device memory peak of any batch", labels=labels
-            )
-            for key, value in sorted(batches.peak.items()):
-                peak.add_metric(list(key), value)
-            yield peak
-            in_use = GaugeMetricFamily(
-                "orfeas_device_memory_in_use_bytes", "Device memory held after the latest batch", labels=labels
-            )
-            for key, value in sorted(batches.in_use.items()):
-                in_use.add_metric(list(key), value)
-            yield in_use
+def _labelled(kind, name: str, help_text: str, labels: list[str], values: dict[tuple[str, ...], float]):
+    family = kind(name, help_text, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
 
 
 def _bound(value: float) -> str:

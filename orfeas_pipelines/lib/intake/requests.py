@@ -45,12 +45,16 @@ _SIGNATURE_RE = re.compile(r"^sha256=[0-9a-f]{64}$")
 
 
 class RequestError(Exception):
-    """A refused request: a stable `code` (reason.json's codes plus the HTTP-only ones) and one line."""
+    """A refused request: a stable `code` (reason.json's codes plus the HTTP-only ones) and one line.
 
-    def __init__(self, code: str, message: str):
+    `retry_after` is the seconds a rate-limited agent should wait.
+    """
+
+    def __init__(self, code: str, message: str, retry_after: int | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
