@@ -60,14 +60,18 @@ async def receive_upload(
     parser = MultipartParser(boundary, writer.callbacks())
     digest = hashlib.sha256()
     upload = Upload()
+
+    def feed(chunk: bytes) -> None:
+        digest.update(chunk)
+        parser.write(chunk)
+
     try:
         with anyio.fail_after(deadline_seconds):
             async for chunk in chunks:
                 upload.body_bytes += len(chunk)
                 if upload.body_bytes > max_body_bytes:
                     raise RequestError("too_large", f"request body is over the limit of {max_body_bytes} bytes")
-                digest.update(chunk)
-                await anyio.to_thread.run_sync(parser.write, chunk)
+                await anyio.to_thread.run_sync(feed, chunk)
         await anyio.to_thread.run_sync(parser.finalize)
     except TimeoutError:
         raise RequestError("too_slow", f"upload did not finish within {deadline_seconds:g} s") from None
