@@ -434,10 +434,22 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
             return
         await websocket.accept()
         subscription = api.watcher.subscribe(status["job_id"])
-        try:
+
+        async def send_events(group) -> None:
             async for event in subscription.events():
                 await websocket.send_json(event)
             await websocket.close()
+            group.cancel_scope.cancel()
+
+        async def until_client_leaves(group) -> None:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                continue
+            group.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(send_events, group)
+                group.start_soon(until_client_leaves, group)
         finally:
             api.watcher.unsubscribe(subscription)
 

@@ -168,3 +168,20 @@ def test_the_manifest_must_be_the_requesting_agents(client, home, server):
     _, content_type, body = job_body(other.agent_id, other.secret, [("star.png", png())])
     response = client.request("POST", "/v1/jobs", body, {"Content-Type": content_type})
     assert (response.status_code, response.json()["error"]["code"]) == (403, "agent_mismatch")
+
+
+def test_a_client_that_leaves_is_unsubscribed(client, home, server):
+    job_id = client.submit([("star.png", png())], resolution=64)["job_id"]
+    target = f"/v1/jobs/{job_id}/ws"
+    watcher = server.app.state.api.watcher
+    with connect(f"ws://127.0.0.1:{server.port}{target}", additional_headers=client.headers("GET", target)) as socket:
+        assert json.loads(socket.recv())["state"] == "queued"
+        assert watcher.subscriber_count == 1
+    target = f"/v1/jobs/{job_id}/events"
+    with client.http.stream("GET", target, headers=client.headers("GET", target)) as response:
+        assert next(response.iter_lines()).startswith("event: queued")
+        assert watcher.subscriber_count == 1
+    deadline = time.monotonic() + 5
+    while watcher.subscriber_count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert watcher.subscriber_count == 0
