@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import anyio
+from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from orfeas_pipelines.lib.intake.manifest import MAX_MANIFEST_BYTES, is_valid_id
@@ -63,7 +64,10 @@ async def receive_upload(
 
     def feed(chunk: bytes) -> None:
         digest.update(chunk)
-        parser.write(chunk)
+        try:
+            parser.write(chunk)
+        except ParseError as error:
+            raise RequestError("bad_upload", f"the multipart body is malformed ({error})") from None
 
     try:
         with anyio.fail_after(deadline_seconds):

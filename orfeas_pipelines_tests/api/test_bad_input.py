@@ -190,6 +190,19 @@ def test_a_manifest_image_without_a_part_is_422_image_missing_and_quarantined(cl
     assert (home.quarantine / "job-short" / "star.png").read_bytes() == png()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"no boundary anywhere", b"--b\r\n" + b"X-Header: y\r\n" * 20 + b"\r\ndata\r\n--b--\r\n", b"--b\r\nbroken"],
+)
+def test_a_malformed_multipart_body_is_422_bad_upload(client, home, body):
+    assert error_of(post(client, body, "multipart/form-data; boundary=b")) == (422, "bad_upload")
+    assert [entry.name for entry in home.inbox.iterdir()] == []
+
+
+def test_a_body_that_is_not_multipart_is_422_bad_upload(client):
+    assert error_of(post(client, b"{}", "application/json")) == (422, "bad_upload")
+
+
 def test_two_parts_with_one_name_are_422(client, bot):
     _, content_type, body = submission(bot)
     boundary = content_type.split("boundary=")[1]
@@ -249,3 +262,12 @@ def test_no_secret_leaks_into_answers_logs_or_files(client, bot, home, capfd):
         assert bot.secret not in text
     for data in stored:
         assert bot.secret.encode() not in data
+
+
+def test_a_manifest_that_is_not_json_is_422_bad_json_and_quarantined(client, home):
+    content_type, body = multipart_body([("job.json", b"{not json", "application/json"), ("star.png", png(), "image/png")])
+    assert error_of(post(client, body, content_type)) == (422, "bad_json")
+    [quarantined] = list(home.quarantine.iterdir())
+    assert quarantined.name.startswith("http-")
+    assert (quarantined / "job.json").read_bytes() == b"{not json"
+    assert json.loads((quarantined / "reason.json").read_text())["code"] == "bad_json"
