@@ -170,6 +170,13 @@ def test_the_manifest_must_be_the_requesting_agents(client, home, server):
     assert (response.status_code, response.json()["error"]["code"]) == (403, "agent_mismatch")
 
 
+def wait_for_no_subscribers(watcher) -> int:
+    deadline = time.monotonic() + 5
+    while watcher.subscriber_count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return watcher.subscriber_count
+
+
 def test_a_client_that_leaves_is_unsubscribed(client, home, server):
     job_id = client.submit([("star.png", png())], resolution=64)["job_id"]
     target = f"/v1/jobs/{job_id}/ws"
@@ -177,11 +184,11 @@ def test_a_client_that_leaves_is_unsubscribed(client, home, server):
     with connect(f"ws://127.0.0.1:{server.port}{target}", additional_headers=client.headers("GET", target)) as socket:
         assert json.loads(socket.recv())["state"] == "queued"
         assert watcher.subscriber_count == 1
+    assert wait_for_no_subscribers(watcher) == 0
     target = f"/v1/jobs/{job_id}/events"
     with client.http.stream("GET", target, headers=client.headers("GET", target)) as response:
-        assert next(response.iter_lines()).startswith("event: queued")
+        lines = response.iter_lines()  # kept: a dropped line iterator closes the response
+        assert next(lines).startswith("event: queued")
+        time.sleep(0.2)
         assert watcher.subscriber_count == 1
-    deadline = time.monotonic() + 5
-    while watcher.subscriber_count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert watcher.subscriber_count == 0
+    assert wait_for_no_subscribers(watcher) == 0
