@@ -14,7 +14,7 @@ from pathlib import Path
 from orfeas_pipelines.lib.home import OrfeasHome
 
 STATUS_EXIT_CODES = {"succeeded": 0, "failed": 1, "rejected": 1, "queued": 3, "running": 3}
-BENCH_SUITES = ("generator", "intake", "runs", "pipeline")
+BENCH_SUITES = ("generator", "intake", "runs", "pipeline", "api")
 AGENT_KEY_ENV = "ORFEAS_AGENT_KEY"
 
 
@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--max-images", type=int, default=16)
     create_key.add_argument("--formats", type=_formats, default="stl,glb,obj,ply")
     create_key.add_argument("--max-resolution", type=int, default=256)
+    create_key.add_argument(
+        "--allow-from", type=_networks, default=(), metavar="CIDR[,CIDR...]",
+        help="networks the HTTP API accepts this agent's requests from (default: anywhere)",
+    )
     create_key.set_defaults(handler=_create_key)
 
     submit = commands.add_parser("submit", help="write a signed job into inbox/")
@@ -72,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     _home_option(status)
     status.set_defaults(handler=_status)
+
+    serve = commands.add_parser("serve", help="the HTTP agent API and /metrics")
+    _home_option(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8750)
+    serve.set_defaults(handler=_serve)
 
     bench = commands.add_parser("bench", help="benchmarks; ratios measured side by side in one run")
     bench.set_defaults(handler=_bench_all)
@@ -94,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     bench_pipeline.add_argument("--images", default="32,256", type=_ints, help="comma list of image counts")
     bench_pipeline.add_argument("--resolution", default=128, type=int)
     bench_pipeline.set_defaults(handler=_bench_pipeline)
+    bench_api = suites.add_parser("api", help="HTTP API latency and throughput against a real orfeas serve")
+    bench_api.add_argument("--seconds", default=10.0, type=float, help="per load phase")
+    bench_api.add_argument("--streams", default=500, type=int, help="open SSE streams in the events phase")
+    bench_api.set_defaults(handler=_bench_api)
     return parser
 
 
@@ -131,6 +145,18 @@ def _size_mm(text: str) -> int | float:
     if not MIN_SIZE_MM <= value <= MAX_SIZE_MM:
         raise argparse.ArgumentTypeError(f"size {text!r} must be a number of millimetres from {MIN_SIZE_MM} to {MAX_SIZE_MM}")
     return int(value) if value.is_integer() else value
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    import ipaddress
+
+    networks = tuple(part.strip() for part in text.split(",") if part.strip())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{network!r} is not an address or CIDR network") from None
+    return networks
 
 
 def _ints(text: str) -> list[int]:
@@ -204,6 +230,7 @@ def _create_key(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         formats=tuple(args.formats),
         max_resolution=args.max_resolution,
+        allow_from=args.allow_from,
     )
     print(f"created agent {agent.agent_id} in {home.agents_file}; its secret follows and is not shown again")
     print(agent.secret)
@@ -278,6 +305,17 @@ def _status(args: argparse.Namespace) -> int:
     return STATUS_EXIT_CODES.get(status.get("state"), 2)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from orfeas_pipelines.api import create_app
+
+    home = OrfeasHome.at(args.home).ensure()
+    print(f"orfeas serve: http://{args.host}:{args.port}/v1/health (home {home.root})", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(home), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
 def _bench_all(args: argparse.Namespace) -> int:
     """Every suite with its defaults, one table each; fails if any suite failed."""
     code = 0
@@ -320,6 +358,15 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
 
     _print_rows([bench_pipeline(images=count, resolution=args.resolution) for count in args.images])
     return 0
+
+
+def _bench_api(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.bench.api import bench_api
+
+    rows = bench_api(seconds=args.seconds, streams=args.streams)
+    _print_rows(rows)
+    events_complete = all(row["goal_met"] for row in rows if row["phase"].startswith("events"))
+    return 0 if events_complete else 1
 
 
 def _print_rows(rows: list[dict]) -> None:

@@ -39,7 +39,7 @@ def test_both_checks_are_per_image_partition_and_the_batch_check_blocks():
 
 def test_sensors_and_schedule_are_described_and_running_by_default():
     sensors = {sensor.name: sensor for sensor in defs.sensors}
-    assert set(sensors) == {"inbox_sensor", "job_status_sensor"}
+    assert set(sensors) == {"inbox_sensor", "job_status_sensor", "report_refresh_sensor"}
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.description for sensor in sensors.values())
     [schedule] = defs.schedules
     assert schedule.cron_schedule == "0 2 * * *" and schedule.description

@@ -158,6 +158,10 @@ class IntakeLedger:
         row = self._db.execute("SELECT 1 FROM nonces WHERE agent_id = ? AND nonce = ?", (agent_id, nonce)).fetchone()
         return row is not None
 
+    def spend_nonces(self, rows: Sequence[tuple[str, str, float]]) -> None:
+        """Burn (agent_id, nonce, at) rows, e.g. the HTTP API's request nonces."""
+        self._db.executemany("INSERT OR IGNORE INTO nonces VALUES (?, ?, ?)", rows)
+
     def job_seen(self, job_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is not None
 
@@ -167,6 +171,22 @@ class IntakeLedger:
             "SELECT COUNT(*) FROM jobs WHERE agent_id = ? AND accepted = 1 AND decided_at >= ?", (agent_id, since)
         ).fetchone()
         return int(row[0])
+
+    def oldest_accepted_since(self, agent_id: str, since: float) -> float | None:
+        """When the oldest of the agent's jobs accepted at or after `since` was accepted."""
+        row = self._db.execute(
+            "SELECT MIN(decided_at) FROM jobs WHERE agent_id = ? AND accepted = 1 AND decided_at >= ?", (agent_id, since)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def agent_job_ids(self, agent_id: str, after_job_id: str | None, limit: int) -> list[str]:
+        """The agent's decided job ids, newest first, starting after `after_job_id` (a page)."""
+        rows = self._db.execute(
+            "SELECT job_id FROM jobs WHERE agent_id = ?1 AND (?2 IS NULL OR (decided_at, job_id) < "
+            "(SELECT decided_at, job_id FROM jobs WHERE job_id = ?2)) ORDER BY decided_at DESC, job_id DESC LIMIT ?3",
+            (agent_id, after_job_id, limit),
+        )
+        return [row[0] for row in rows]
 
     def record_rejected(self, job_id: str, agent_id: str, nonce: str, at: float) -> None:
         """Burn the nonce and job id of an authentic job that was rejected after the replay check."""

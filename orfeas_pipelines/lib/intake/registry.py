@@ -1,12 +1,15 @@
 """The agent key registry (`agents.json`, mode 0600): who may drop jobs, and their limits.
 
 File layout: ``{"version": 1, "agents": {"<agent_id>": {"secret": "...", "rate_per_minute": 60,
-"max_images": 16, "formats": ["stl", ...], "max_resolution": 256}}}``. Secrets live only in
+"max_images": 16, "formats": ["stl", ...], "max_resolution": 256, "allow_from": ["10.0.0.0/8"]}}}``
+(`allow_from` is optional: the networks the HTTP API accepts the agent's requests from; empty
+means anywhere). Secrets live only in
 this file; nothing else (reprs, logs, errors) ever shows them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ class AgentPolicy:
     max_images: int = 16
     formats: tuple[str, ...] = MESH_FORMATS
     max_resolution: int = 256
+    allow_from: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not is_valid_id(self.agent_id):
@@ -61,11 +65,25 @@ class AgentPolicy:
         if not isinstance(self.secret, str) or len(self.secret) < 16:
             raise RegistryError(f"agent {self.agent_id}: secret is missing or shorter than 16 characters")
         object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "allow_from", tuple(_network(self.agent_id, text) for text in self.allow_from))
+
+    def allows_address(self, address: str) -> bool:
+        """Whether a request from `address` may act as this agent (its network allow-list)."""
+        if not self.allow_from:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(network) for network in self.allow_from)
 
     def to_json(self) -> dict:
         payload = asdict(self)
         del payload["agent_id"]
         payload["formats"] = list(self.formats)
+        payload["allow_from"] = list(self.allow_from)
+        if not self.allow_from:
+            del payload["allow_from"]
         return payload
 
 
@@ -113,11 +131,14 @@ def create_agent(
     max_images: int = 16,
     formats: Iterable[str] = MESH_FORMATS,
     max_resolution: int = 256,
+    allow_from: Iterable[str] = (),
 ) -> AgentPolicy:
     """Add an agent with a fresh secret; the caller shows the secret once. Ids are never reused."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    policy = AgentPolicy(agent_id, new_secret(), rate_per_minute, max_images, tuple(formats), max_resolution)
+    policy = AgentPolicy(
+        agent_id, new_secret(), rate_per_minute, max_images, tuple(formats), max_resolution, tuple(allow_from)
+    )
     with FileLock(str(path.with_name(f".{path.name}.lock"))):
         registry = AgentRegistry.load(path)
         if agent_id in registry.agents:
@@ -134,4 +155,13 @@ def _policy(agent_id: str, entry: dict) -> AgentPolicy:
         max_images=entry.get("max_images", 16),
         formats=tuple(entry.get("formats", MESH_FORMATS)),
         max_resolution=entry.get("max_resolution", 256),
+        allow_from=tuple(entry.get("allow_from", ())),
     )
+
+
+def _network(agent_id: str, text: object) -> str:
+    """A CIDR in its normal form (a bare address is a /32 or /128)."""
+    try:
+        return str(ipaddress.ip_network(str(text), strict=False))
+    except ValueError:
+        raise RegistryError(f"agent {agent_id}: allow_from entry {text!r} is not an address or CIDR network") from None

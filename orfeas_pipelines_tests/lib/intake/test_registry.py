@@ -71,3 +71,16 @@ def test_secrets_never_show_in_reprs_or_errors(tmp_path):
         AgentPolicy("agent-a", policy.secret, rate_per_minute=0)
     assert policy.secret not in str(caught.value)
     assert json.loads(path.read_text())["agents"]["agent-a"]["secret"] == policy.secret
+
+
+def test_allow_from_is_kept_normalised_and_checked(tmp_path):
+    path = tmp_path / "agents.json"
+    create_agent(path, "fenced", allow_from=("192.168.1.7", "10.0.0.0/8"))
+    create_agent(path, "open")
+    registry = AgentRegistry.load(path)
+    assert registry.get("fenced").allow_from == ("192.168.1.7/32", "10.0.0.0/8")
+    assert registry.get("fenced").allows_address("10.9.9.9") and not registry.get("fenced").allows_address("192.168.1.8")
+    assert registry.get("open").allows_address("203.0.113.5")
+    assert "allow_from" not in json.loads(path.read_text())["agents"]["open"]
+    with pytest.raises(RegistryError, match="allow_from entry 'nowhere'"):
+        create_agent(path, "broken", allow_from=("nowhere",))
