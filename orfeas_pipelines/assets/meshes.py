@@ -181,6 +181,8 @@ def _run_window(
     with tally.stage("generate"):
         results = {result.key: result for result in mesh_generator.generate(requests, on_batch=window_batches.append)}
     tally.batches += window_batches
+    with tally.stage("status"):
+        _record_batches(home, mesh_generator, window_batches)
     with tally.stage("check"):
         evaluations, leaked = _recheck(config, mesh_generator, requests, results, window_batches)
     for evaluation in evaluations:
@@ -238,6 +240,15 @@ def _recheck(config, mesh_generator, requests, results, window_batches) -> tuple
             )
         )
     return evaluations, leaked
+
+
+def _record_batches(home: "OrfeasHome", mesh_generator: MeshGeneratorResource, batches: list) -> None:
+    """Each forward pass into the metrics store, which `orfeas serve` exports to Prometheus."""
+    from orfeas_pipelines.lib.metrics import record_batch
+
+    for batch in batches:
+        record_batch(home, mesh_generator.backend, batch.device, batch.batch_size, batch.seconds,
+                     batch.peak_memory_bytes, batch.retried_after_oom)
 
 
 def _keys_to_run(context: dg.AssetExecutionContext) -> list[str]:

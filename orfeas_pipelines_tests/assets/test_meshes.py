@@ -271,3 +271,22 @@ def test_a_suspect_mesh_is_delivered_and_its_check_warns_with_the_reasons(home, 
     [image] = outbox.read_status(home, job_id)["images"]
     assert image["state"] == "succeeded" and image["quality"]["verdict"] == "suspect" and image["quality"]["reasons"]
     assert drain_keys(instance) == []
+
+
+def test_each_batch_of_a_run_lands_in_the_metrics_store(home, agent, instance, image_files):
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from orfeas_pipelines.lib.metrics import OrfeasCollector
+    from orfeas_pipelines.lib.queue import JobTracker
+
+    submit_images(home, agent, image_files)
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    assert run_range(instance, keys, batch_size=2).success
+    registry = CollectorRegistry()
+    registry.register(OrfeasCollector(home, JobTracker(home)))
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for sample in family.samples}
+    counts = [value for (name, labels), value in samples.items() if name.startswith("orfeas_batch_size") and name.endswith("_count")]
+    assert sum(counts) == 2, ("two batches of two", samples)
