@@ -80,3 +80,18 @@ def register_pending(home: OrfeasHome, instance: dg.DagsterInstance, **settings)
     result = tick_sensor(instance, inbox_sensor.name, resources)
     apply_sensor_result(instance, inbox_sensor.name, result)
     return result
+
+
+def start_images(home: OrfeasHome, job_id: str, run_id: str) -> None:
+    """What a run reports when it starts on a job: every image running."""
+    from orfeas_pipelines.lib.outbox import ImageUpdate, apply_updates, read_status
+
+    images = read_status(home, job_id)["images"]
+    apply_updates(home, job_id, run_id, [ImageUpdate(image["file"], "running") for image in images])
+
+
+def settle_image(home: OrfeasHome, job_id: str, file: str, state: str, run_id: str = "run-1", **fields) -> None:
+    """What a run reports for one image: delivered (`outputs=`) or failed (`error=`)."""
+    from orfeas_pipelines.lib.outbox import ImageUpdate, apply_updates
+
+    apply_updates(home, job_id, run_id, [ImageUpdate(file, state, **fields)])

@@ -118,16 +118,17 @@ def _events_rows(home: OrfeasHome, load: dict, jobs: list[str], streams: int) ->
 
 def _drive_jobs(home: OrfeasHome, jobs: list[str], seconds: float) -> None:
     """EVENT_CHANGES changes per job spread over `seconds`: a run starts, then each image lands."""
-    from orfeas_pipelines.lib.outbox import mark_running, record_image
+    from orfeas_pipelines.lib.outbox import ImageUpdate, apply_updates
 
     pause = seconds / EVENT_CHANGES
     time.sleep(pause)
     for job in jobs:
-        mark_running(home, job, "bench-run")
+        apply_updates(home, job, "bench-run", [ImageUpdate(f"tile{index}.png", "running") for index in range(EVENT_IMAGES)])
     for index in range(EVENT_IMAGES):
         time.sleep(pause)
         for job in jobs:
-            record_image(home, job, f"tile{index}.png", "succeeded", outputs={"stl": f"tile{index}.stl"})
+            delivered = ImageUpdate(f"tile{index}.png", "succeeded", outputs={"stl": f"tile{index}.stl"}, order=time.time())
+            apply_updates(home, job, "bench-run", [delivered])
 
 
 def _in_child(function, *args):

@@ -12,9 +12,9 @@ from orfeas_pipelines.lib.intake.audit import read_audit
 from orfeas_pipelines.lib.intake.ledger import IntakeLedger
 from orfeas_pipelines.lib.intake.requests import signed_headers
 from orfeas_pipelines.lib.intake.submit import write_job
-from orfeas_pipelines.lib.outbox import mark_running, record_image
 from orfeas_pipelines_tests import shapes
 from orfeas_pipelines_tests.api.conftest import png
+from orfeas_pipelines_tests.conftest import settle_image, start_images
 
 
 def two_images():
@@ -29,8 +29,8 @@ def test_a_submitted_job_is_accepted_like_a_folder_drop(client, home):
     assert [entry.name for entry in home.inbox.iterdir()] == [], "no staging folder left"
     with IntakeLedger(home.state / "intake.sqlite") as ledger:
         assert ledger.accepted_job(job_id).files == ["star.png", "ring.png"]
-    assert read_audit(home.audit_log)[-1] | {"at": None} == {
-        "at": None, "decision": "accepted", "entry": job_id, "job_id": job_id, "agent_id": "bot", "images": 2,
+    assert read_audit(home.audit_log)[-1] | {"at": None, "seq": None} == {
+        "at": None, "seq": None, "decision": "accepted", "entry": job_id, "job_id": job_id, "agent_id": "bot", "images": 2,
     }
     status = client.status(job_id)
     assert status["state"] == "queued" and status["progress"] == 0 and status["queue_position"] == 0
@@ -41,11 +41,11 @@ def test_queue_position_counts_unfinished_images_ahead(client, home):
     second = client.submit([("star.png", png())], resolution=64)["job_id"]
     time.sleep(1.1)  # the tracker refreshes at most once a second
     assert client.status(second)["queue_position"] == 2
-    mark_running(home, first, "run-1")
-    record_image(home, first, "star.png", "succeeded", outputs={"stl": "star.stl"})
+    start_images(home, first, "run-1")
+    settle_image(home, first, "star.png", "succeeded", outputs={"stl": "star.stl"})
     time.sleep(1.1)
     assert client.status(second)["queue_position"] == 1
-    assert client.status(first)["progress"] == 50
+    assert client.status(first)["progress"] == 55, "one image delivered, one running"
 
 
 def test_progress_prefers_the_writers_field(client, home):
@@ -58,7 +58,7 @@ def test_progress_prefers_the_writers_field(client, home):
 
 def test_listing_is_the_agents_own_jobs_newest_first_paginated(client, home, server):
     jobs = [client.submit([("star.png", png())], resolution=64)["job_id"] for _ in range(3)]
-    mark_running(home, jobs[0], "run-1")
+    start_images(home, jobs[0], "run-1")
     page = client.jobs(limit=2)
     assert [job["job_id"] for job in page["jobs"]] == [jobs[2], jobs[1]]
     rest = client.jobs(limit=2, after=page["next_after"])
@@ -84,11 +84,11 @@ def progress_the_job(home, job_id: str, delay: float = 0.3) -> threading.Thread:
 
     def work():
         time.sleep(delay)
-        mark_running(home, job_id, "run-1")
+        start_images(home, job_id, "run-1")
         time.sleep(delay)
-        record_image(home, job_id, "star.png", "succeeded", outputs={"stl": "star.stl"})
+        settle_image(home, job_id, "star.png", "succeeded", outputs={"stl": "star.stl"})
         time.sleep(delay)
-        record_image(home, job_id, "ring.png", "succeeded", outputs={"stl": "ring.stl"})
+        settle_image(home, job_id, "ring.png", "succeeded", outputs={"stl": "ring.stl"})
 
     thread = threading.Thread(target=work)
     thread.start()
@@ -101,15 +101,15 @@ def test_server_sent_events_follow_every_change_and_end_after_the_terminal_one(c
     events = list(client.events(job_id))
     worker.join()
     assert [(event["state"], event["progress"]) for event in events] == [
-        ("queued", 0), ("running", 0), ("running", 50), ("succeeded", 100)
+        ("queued", 0), ("running", 10), ("running", 55), ("succeeded", 100)
     ]
     assert events[-1]["images"][1]["outputs"] == {"stl": "ring.stl"}
 
 
 def test_the_sse_stream_names_each_event_by_state(client, home):
     job_id = client.submit([("star.png", png())], resolution=64)["job_id"]
-    mark_running(home, job_id, "run-1")
-    record_image(home, job_id, "star.png", "failed", error="boom")
+    start_images(home, job_id, "run-1")
+    settle_image(home, job_id, "star.png", "failed", error="boom")
     target = f"/v1/jobs/{job_id}/events"
     response = client.http.get(target, headers=client.headers("GET", target))
     assert response.headers["content-type"].startswith("text/event-stream")

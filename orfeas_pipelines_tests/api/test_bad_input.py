@@ -187,7 +187,7 @@ def test_a_manifest_image_without_a_part_is_422_image_missing_and_quarantined(cl
     )
     assert error_of(post(client, body, content_type)) == (422, "image_missing")
     assert json.loads((home.quarantine / "job-short" / "reason.json").read_text())["code"] == "image_missing"
-    assert (home.quarantine / "job-short" / "star.png").read_bytes() == png()
+    assert (home.quarantine / "job-short" / "job-short" / "star.png").read_bytes() == png()
 
 
 @pytest.mark.parametrize(
@@ -269,5 +269,5 @@ def test_a_manifest_that_is_not_json_is_422_bad_json_and_quarantined(client, hom
     assert error_of(post(client, body, content_type)) == (422, "bad_json")
     [quarantined] = list(home.quarantine.iterdir())
     assert quarantined.name.startswith("http-")
-    assert (quarantined / "job.json").read_bytes() == b"{not json"
+    assert (quarantined / quarantined.name / "job.json").read_bytes() == b"{not json"
     assert json.loads((quarantined / "reason.json").read_text())["code"] == "bad_json"

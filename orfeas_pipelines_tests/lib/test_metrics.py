@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from orfeas_pipelines.lib.intake.audit import append_audit, audit_record
 from orfeas_pipelines.lib.intake.submit import write_job
 from orfeas_pipelines.lib.metrics import METRIC_NAMES, OrfeasCollector, record_batch
-from orfeas_pipelines.lib.outbox import mark_running, record_image
 from orfeas_pipelines.lib.queue import JobTracker
+from orfeas_pipelines_tests.conftest import settle_image, start_images
 
 
 def scrape(home) -> dict[tuple[str, tuple], float]:
@@ -85,18 +85,18 @@ def test_queue_depth_and_final_states_survive_a_restart(home, agent, image_files
     assert values[("orfeas_queue_images_waiting", ())] == 4
     assert values[("orfeas_images_total", (("state", "succeeded"),))] == 0
 
-    mark_running(home, jobs[0], "run-1")
-    record_image(home, jobs[0], "star.png", "succeeded", outputs={"stl": "star.stl"})
-    record_image(home, jobs[0], "ring.png", "failed", error="boom")
-    mark_running(home, jobs[1], "run-2")
+    start_images(home, jobs[0], "run-1")
+    settle_image(home, jobs[0], "star.png", "succeeded", outputs={"stl": "star.stl"})
+    settle_image(home, jobs[0], "ring.png", "failed", error="boom")
+    start_images(home, jobs[1], "run-2")
     values = scrape(home)
     assert values[("orfeas_queue_images_waiting", ())] == 0
     assert values[("orfeas_queue_images_running", ())] == 2
     assert values[("orfeas_images_total", (("state", "succeeded"),))] == 1
     assert values[("orfeas_images_total", (("state", "failed"),))] == 1
 
-    record_image(home, jobs[1], "vase.png", "succeeded", outputs={"stl": "vase.stl"})
-    record_image(home, jobs[1], "disk.png", "succeeded", outputs={"stl": "disk.stl"})
+    settle_image(home, jobs[1], "vase.png", "succeeded", outputs={"stl": "vase.stl"})
+    settle_image(home, jobs[1], "disk.png", "succeeded", outputs={"stl": "disk.stl"})
     values = scrape(home)
     assert values[("orfeas_images_total", (("state", "succeeded"),))] == 3
     assert values[("orfeas_queue_images_running", ())] == 0
@@ -106,9 +106,9 @@ def test_queue_positions_count_unfinished_images_ahead(home, agent, image_files)
     jobs = accept_jobs(home, agent, image_files, 2)
     tracker = JobTracker(home, min_interval=0)
     assert [tracker.queue_position(job) for job in jobs] == [0, 2]
-    mark_running(home, jobs[0], "run-1")
-    record_image(home, jobs[0], "star.png", "succeeded")
-    record_image(home, jobs[0], "ring.png", "succeeded")
+    start_images(home, jobs[0], "run-1")
+    settle_image(home, jobs[0], "star.png", "succeeded")
+    settle_image(home, jobs[0], "ring.png", "succeeded")
     assert [tracker.queue_position(job) for job in jobs] == [None, 0]
 
 
