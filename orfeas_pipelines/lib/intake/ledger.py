@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+
+SETUP_ATTEMPTS = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (
@@ -114,10 +117,22 @@ class IntakeLedger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._add_missing_image_columns()
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """WAL, schema and migrations. Two processes opening a new database at once race for
+        the switch to WAL, which SQLite refuses at once instead of waiting: retry briefly."""
+        for attempt in range(SETUP_ATTEMPTS):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                self._add_missing_image_columns()
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == SETUP_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._db.close()
