@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     _home_option(status)
     status.set_defaults(handler=_status)
 
+    worker = commands.add_parser("worker", help="a Celery GPU worker for the deployment's queued runs")
+    worker.add_argument("--name", help="worker name (default: gpu<GPU>)")
+    worker.add_argument("--gpu", help="the device it serves, as CUDA_VISIBLE_DEVICES (default: inherited)")
+    _home_option(worker)
+    worker.set_defaults(handler=_worker)
+
     bench = commands.add_parser("bench", help="benchmarks; ratios measured side by side in one run")
     bench.set_defaults(handler=_bench_all)
     suites = bench.add_subparsers(dest="suite", metavar=f"{{{','.join(BENCH_SUITES)}}}", help="one suite (default: all)")
@@ -233,6 +239,18 @@ def _status(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(status, indent=2, sort_keys=True))
     return STATUS_EXIT_CODES.get(status.get("state"), 2)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import os
+
+    from orfeas_pipelines.deploy.worker import run_worker
+
+    home = OrfeasHome.at(args.home)
+    os.environ["ORFEAS_HOME"] = str(home.root)
+    os.environ.setdefault("DAGSTER_HOME", str(home.dagster_home))
+    run_worker(name=args.name, gpu=args.gpu)
+    return 0
 
 
 def _bench_all(args: argparse.Namespace) -> int:

@@ -42,25 +42,36 @@ class Server:
         """Ask for a clean shutdown (SIGINT: Postgres' fast mode, Redis' save-and-exit), then wait."""
         stop_process(self.pid, signal.SIGINT, timeout)
 
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "data_dir": str(self.data_dir), "log_file": str(self.log_file)}
 
-def stop_process(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-    """Signal a process, wait for it to go, SIGKILL it if it lingers; a gone process is fine."""
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Server":
+        return cls(**{**fields, "data_dir": Path(fields["data_dir"]), "log_file": Path(fields["log_file"])})
+
+
+def stop_process(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0, group: bool = False) -> None:
+    """Signal a process (or the process group it leads), wait for it to go, SIGKILL it if it lingers.
+
+    A process that is already gone is fine.
+    """
+    send = os.killpg if group else os.kill
     try:
-        os.kill(pid, sig)
+        send(pid, sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return
         time.sleep(0.1)
     try:
-        os.kill(pid, signal.SIGKILL)
+        send(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie (reaping it if it is our child)."""
     try:
         reaped, _ = os.waitpid(pid, os.WNOHANG)
@@ -164,7 +175,7 @@ def _hand_to(user: str, folder: Path) -> None:
 def _wait_ready(server: Server, ready) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if not _alive(server.pid):
+        if not alive(server.pid):
             break
         if ready():
             return
