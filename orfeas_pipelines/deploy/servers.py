@@ -40,7 +40,7 @@ class Server:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Ask for a clean shutdown (SIGINT: Postgres' fast mode, Redis' save-and-exit), then wait."""
-        stop_process(self.pid, signal.SIGINT, timeout)
+        stop_processes([self.pid], signal.SIGINT, timeout)
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "data_dir": str(self.data_dir), "log_file": str(self.log_file)}
@@ -50,23 +50,24 @@ class Server:
         return cls(**{**fields, "data_dir": Path(fields["data_dir"]), "log_file": Path(fields["log_file"])})
 
 
-def stop_process(pid: int, sig: int = signal.SIGTERM, timeout: float = 20.0, group: bool = False) -> None:
-    """Signal a process (or the process group it leads), wait for it to go, SIGKILL it if it lingers.
-
-    A process that is already gone is fine.
+def stop_processes(pids: list[int], sig: int = signal.SIGTERM, timeout: float = 20.0, group: bool = False) -> None:
+    """Signal processes (or the process groups they lead) at once, wait for them to go, SIGKILL any
+    that linger. A process that is already gone is fine.
     """
     send = os.killpg if group else os.kill
+    for pid in pids:
+        _send(send, pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if alive(pid):
+            _send(send, pid, signal.SIGKILL)
+
+
+def _send(send, pid: int, sig: int) -> None:
     try:
         send(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return
-        time.sleep(0.1)
-    try:
-        send(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 WORKER_TAG = "orfeas/worker"
 DEVICE_TAG = "orfeas/cuda_visible_devices"
@@ -26,6 +27,9 @@ def worker_app():
     from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
     from kombu import Exchange, Queue, binding
 
+    config = Path(os.environ.get("DAGSTER_HOME", ".")) / "dagster.yaml"
+    if not config.exists():
+        raise FileNotFoundError(f"{config}: no instance config; install deploy/dagster.yaml there (see deploy/README.md)")
     with DagsterInstance.get() as instance:
         launcher = instance.run_launcher
         if not isinstance(launcher, CeleryRunLauncher):

@@ -1,5 +1,7 @@
-"""Runs spread over two Celery GPU workers, with the real daemon, one Redis and one Postgres."""
+"""Runs on two Celery GPU workers, with the real daemon, one Redis and one Postgres."""
 
+import os
+import signal
 import time
 
 import dagster as dg
@@ -10,11 +12,22 @@ from orfeas_pipelines.deploy.worker import WORKER_TAG
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines_tests.conftest import submit_images
 
-TICKS = 3
-RUN_TIMEOUT_SECONDS = 150
+FORMATS = ("stl", "ply")
 
 
-def _wait_for(condition, timeout: float, what: str):
+@pytest.fixture
+def deployment(deployed_home, tmp_path):
+    """The daemon and two GPU workers on the deployed home; yields their pids and an instance."""
+    pids = start_services(service_commands(workers=2, webserver_port=None), {}, tmp_path / "logs")
+    try:
+        wait_until_ready(pids, ["gpu0", "gpu1"], webserver_url=None)
+        with dg.DagsterInstance.get() as instance:
+            yield pids, instance
+    finally:
+        stop_services(pids)
+
+
+def wait_for(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -24,38 +37,73 @@ def _wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@pytest.mark.slow
-def test_runs_from_several_ticks_execute_on_both_workers_at_overlapping_times(deployed_home, agent, image_files, tmp_path):
-    pids = start_services(service_commands(workers=2, webserver_port=None), {}, tmp_path / "logs")
-    try:
-        wait_until_ready(pids, ["gpu0", "gpu1"], webserver_url=None)
-        with dg.DagsterInstance.get() as instance:
-            job_ids = []
-            for tick in range(1, TICKS + 1):
-                # Three jobs of four images each: a run long enough to outlast the sensor's interval.
-                job_ids += submit_images(deployed_home, agent, image_files * 3, per_job=4, resolution=128)
-                _wait_for(lambda: len(instance.get_run_records()) >= tick, 60, f"the run of tick {tick}")
-            _wait_for(
-                lambda: all(record.dagster_run.is_finished for record in instance.get_run_records()),
-                RUN_TIMEOUT_SECONDS, "every run to finish",
-            )
-            records = instance.get_run_records()
-    finally:
-        stop_services(pids)
+def all_finished(instance: dg.DagsterInstance) -> list:
+    records = instance.get_run_records()
+    return records if records and all(record.dagster_run.is_finished for record in records) else []
 
-    assert len(records) == TICKS
-    assert [record.dagster_run.status for record in records] == [dg.DagsterRunStatus.SUCCESS] * TICKS
-    workers = {record.dagster_run.run_id: record.dagster_run.tags[WORKER_TAG].split("@")[0] for record in records}
-    assert set(workers.values()) == {"gpu0", "gpu1"}
-    overlapping = [
-        (a, b) for a in records for b in records
-        if workers[a.dagster_run.run_id] < workers[b.dagster_run.run_id]
-        and a.start_time < b.end_time and b.start_time < a.end_time
-    ]
-    assert overlapping, "no two runs on different workers overlapped in time"
+
+def worker_of(run: dg.DagsterRun) -> str:
+    return run.tags[WORKER_TAG].split("@")[0]
+
+
+def assert_delivered_once(home, job_ids: list[str]) -> None:
+    """Every job succeeded; its outbox holds one mesh per format and one preview per image (and locks)."""
     for job_id in job_ids:
-        status = outbox.read_status(deployed_home, job_id)
+        status = outbox.read_status(home, job_id)
         assert status["state"] == "succeeded", status
+        expected = {"status.json"}
         for image in status["images"]:
-            for filename in image["outputs"].values():
-                assert (deployed_home.outbox / job_id / filename).stat().st_size > 0
+            stem = image["file"].rsplit(".", 1)[0]
+            assert image["outputs"] == {fmt: f"{stem}.{fmt}" for fmt in FORMATS}
+            expected |= {f"{stem}.{fmt}" for fmt in FORMATS} | {f"{stem}.png"}
+        delivered = {path.name for path in (home.outbox / job_id).iterdir() if not path.name.startswith(".")}
+        assert delivered == expected
+
+
+@pytest.mark.slow
+def test_runs_from_several_ticks_execute_on_both_workers_at_overlapping_times(deployment, deployed_home, agent, image_files):
+    _, instance = deployment
+    # The first run (twelve images) outlasts the sensor's 15 s interval; the next two are small.
+    job_ids = submit_images(deployed_home, agent, image_files * 3, per_job=4, resolution=128)
+    wait_for(lambda: len(instance.get_run_records()) == 1, 60, "the first tick's run")
+    for tick in (2, 3):
+        job_ids += submit_images(deployed_home, agent, image_files[:2], per_job=2, resolution=64)
+        wait_for(lambda: len(instance.get_run_records()) == tick, 60, f"the run of tick {tick}")
+    records = wait_for(lambda: all_finished(instance), 150, "every run to finish")
+
+    assert [record.dagster_run.status for record in records] == [dg.DagsterRunStatus.SUCCESS] * 3
+    assert {worker_of(record.dagster_run) for record in records} == {"gpu0", "gpu1"}
+    assert any(
+        worker_of(a.dagster_run) != worker_of(b.dagster_run) and a.start_time < b.end_time and b.start_time < a.end_time
+        for a in records for b in records
+    ), "no two runs on different workers overlapped in time"
+    assert_delivered_once(deployed_home, job_ids)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_detected_and_the_retry_delivers_every_image_once(
+    deployment, deployed_home, agent, image_files
+):
+    pids, instance = deployment
+    job_ids = submit_images(deployed_home, agent, image_files * 2, per_job=4, resolution=128)
+    run = wait_for(lambda: instance.get_runs(), 60, "the run")[0]
+
+    def generating():
+        starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+        return any(event.step_key == "generated_mesh" for event in starts)
+
+    wait_for(generating, 90, "generated_mesh to start")
+    victim = worker_of(instance.get_run_by_id(run.run_id))
+    os.killpg(pids[victim], signal.SIGKILL)
+    killed_at = time.monotonic()
+    records = wait_for(lambda: len(instance.get_run_records()) == 2 and all_finished(instance), 150, "the retry to finish")
+    print(f"kill -9 of {victim} to every image delivered: {time.monotonic() - killed_at:.1f}s")
+
+    retry, original = records
+    assert original.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    assert retry.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    assert retry.dagster_run.tags["dagster/parent_run_id"] == run.run_id
+    assert worker_of(retry.dagster_run) != victim
+    assert_delivered_once(deployed_home, job_ids)
+    for job_id in job_ids:
+        assert run.run_id in outbox.read_status(deployed_home, job_id)["run_ids"]
