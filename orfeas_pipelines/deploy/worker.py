@@ -52,8 +52,12 @@ def worker_app():
 
 
 def _tag_run_with_worker(sender=None, task_id=None, task=None, kwargs=None, **_) -> None:
-    """Record which worker (and which GPU) executes the run, before it starts."""
-    from dagster import DagsterInstance
+    """Record which worker (and which GPU) executes the run, before it starts.
+
+    Only a run still `STARTING` is tagged: a task Redis delivers again (after a lost broker
+    connection) for a run that already started is refused by Dagster, and must not move its tag.
+    """
+    from dagster import DagsterInstance, DagsterRunStatus
     from dagster._serdes import unpack_value
 
     packed = (kwargs or {}).get("execute_job_args_packed")
@@ -61,6 +65,9 @@ def _tag_run_with_worker(sender=None, task_id=None, task=None, kwargs=None, **_)
         return
     run_id = unpack_value(packed).run_id
     with DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.status != DagsterRunStatus.STARTING:
+            return
         instance.add_run_tags(
             run_id,
             {WORKER_TAG: task.request.hostname, DEVICE_TAG: os.environ.get("CUDA_VISIBLE_DEVICES", "")},

@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from orfeas_pipelines.deploy.cluster import service_commands, start_services, stop_services, wait_until_ready
+from orfeas_pipelines.deploy.servers import start_postgres, start_redis
 from orfeas_pipelines.deploy.worker import WORKER_TAG
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines_tests.conftest import submit_images
@@ -107,3 +108,19 @@ def test_a_worker_killed_mid_run_is_detected_and_the_retry_delivers_every_image_
     assert_delivered_once(deployed_home, job_ids)
     for job_id in job_ids:
         assert run.run_id in outbox.read_status(deployed_home, job_id)["run_ids"]
+
+
+@pytest.mark.slow
+def test_the_deployment_recovers_from_a_redis_and_a_postgres_restart_while_idle(
+    deployment, deployed_home, agent, image_files, postgres_server, redis_server
+):
+    _, instance = deployment
+    for server, start in ((redis_server, start_redis), (postgres_server, start_postgres)):
+        server.stop()
+        server.pid = start(server.data_dir, port=server.port).pid  # the session fixture stops it at the end
+    job_ids = submit_images(deployed_home, agent, image_files[:2], per_job=2, resolution=64)
+
+    records = wait_for(lambda: all_finished(instance), 120, "the run after the restarts")
+
+    assert [record.dagster_run.status for record in records] == [dg.DagsterRunStatus.SUCCESS]
+    assert_delivered_once(deployed_home, job_ids)
