@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,11 +127,14 @@ def start_postgres(data_dir: Path, port: int | None = None, durable: bool = True
     log_file = data_dir.parent / f"{data_dir.name}.log"
     if user:
         _hand_to(user, data_dir)
+        bin_dir = _runnable_by_others(bin_dir)
     if not (data_dir / "PG_VERSION").exists():
-        subprocess.run(
+        initdb = subprocess.run(
             [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
-            check=True, capture_output=True, user=user,
+            capture_output=True, text=True, user=user,
         )
+        if initdb.returncode != 0:
+            raise ServerUnavailable(f"initdb {data_dir} failed: {initdb.stderr.strip()[-500:]}")
     settings = ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200"]
     if not durable:
         settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -165,12 +170,39 @@ def _hand_to(user: str, folder: Path) -> None:
     entry = pwd.getpwnam(user)
     os.chown(folder, entry.pw_uid, entry.pw_gid)
     os.chmod(folder, 0o700)
-    for parent in folder.resolve().parents:
-        if not os.stat(parent).st_mode & 0o001:
-            raise ServerUnavailable(
-                f"postgres data folder {folder}: its parent {parent} is not searchable by {user!r}, "
-                "which runs Postgres under root; choose a folder under a world-searchable path"
-            )
+    if not _world_searchable(folder.resolve().parent):
+        raise ServerUnavailable(
+            f"postgres data folder {folder}: a parent folder is not searchable by {user!r}, "
+            "which runs Postgres under root; choose a folder under a world-searchable path"
+        )
+
+
+def _runnable_by_others(bin_dir: Path) -> Path:
+    """The bin folder of a Postgres install `nobody` can run: the wheel's own when every folder
+    above it is world-searchable (a virtualenv under /root is not), else a copy in the temp folder."""
+    install = bin_dir.parent
+    if _world_searchable(install):
+        return bin_dir
+    # The binaries find their libraries at $ORIGIN/../../../pgserver.libs: copy both, same layout.
+    site = install.parent.parent
+    copy = Path(tempfile.gettempdir()) / f"orfeas-postgres-{os.stat(bin_dir / 'postgres').st_size}"
+    if not copy.exists():
+        staging = Path(tempfile.mkdtemp(prefix="orfeas-postgres-"))
+        for part in (Path("pgserver") / "pginstall", Path("pgserver.libs")):
+            if (site / part).exists():
+                shutil.copytree(site / part, staging / "tree" / part, symlinks=True)
+        try:
+            os.rename(staging / "tree", copy)
+        except OSError:  # another process copied it first
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    for folder in (copy, copy / "pgserver"):
+        os.chmod(folder, 0o755)
+    return copy / "pgserver" / "pginstall" / "bin"
+
+
+def _world_searchable(folder: Path) -> bool:
+    return all(os.stat(path).st_mode & 0o001 for path in (folder, *folder.parents))
 
 
 def _wait_ready(server: Server, ready) -> None:
