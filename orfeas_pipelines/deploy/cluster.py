@@ -78,7 +78,7 @@ def wait_until_ready(pids: dict[str, int], worker_names: list[str], webserver_ur
                 waiting.discard("daemon")
             answered = {name.split("@")[0] for reply in app.control.ping(timeout=0.5) for name in reply}
             waiting -= answered
-            if webserver_url and "webserver" in waiting and _serves(f"{webserver_url}/server_info"):
+            if webserver_url and "webserver" in waiting and serves(f"{webserver_url}/server_info"):
                 waiting.discard("webserver")
             time.sleep(0.5)
     if waiting:
@@ -92,7 +92,8 @@ def _create_schema() -> None:
     DagsterInstance.get().dispose()
 
 
-def _serves(url: str) -> bool:
+def serves(url: str) -> bool:
+    """True when `url` answers 200."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
