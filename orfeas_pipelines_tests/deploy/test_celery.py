@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import time
 
 import dagster as dg
@@ -9,7 +10,7 @@ import pytest
 
 from orfeas_pipelines.deploy.cluster import service_commands, start_services, stop_services, wait_until_ready
 from orfeas_pipelines.deploy.servers import start_postgres, start_redis
-from orfeas_pipelines.deploy.worker import WORKER_TAG
+from orfeas_pipelines.deploy.worker import WORKER_TAG, worker_app
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines_tests.conftest import submit_images
 
@@ -64,12 +65,19 @@ def assert_delivered_once(home, job_ids: list[str]) -> None:
 @pytest.mark.slow
 def test_runs_from_several_ticks_execute_on_both_workers_at_overlapping_times(deployment, deployed_home, agent, image_files):
     _, instance = deployment
-    # The first run (twelve images) outlasts the sensor's 15 s interval; the next two are small.
-    job_ids = submit_images(deployed_home, agent, image_files * 3, per_job=4, resolution=128)
-    wait_for(lambda: len(instance.get_run_records()) == 1, 60, "the first tick's run")
-    for tick in (2, 3):
-        job_ids += submit_images(deployed_home, agent, image_files[:2], per_job=2, resolution=64)
-        wait_for(lambda: len(instance.get_run_records()) == tick, 60, f"the run of tick {tick}")
+    app, queue = worker_app()
+    workers = [f"gpu{index}@{socket.gethostname()}" for index in range(2)]
+    # The workers stop taking tasks while two ticks queue their runs, so that the two runs start
+    # together whatever the machine's speed, instead of racing the sensor's 15 s interval.
+    app.control.cancel_consumer(queue, destination=workers, reply=True)
+    job_ids = []
+    for tick in (1, 2):
+        job_ids += submit_images(deployed_home, agent, image_files, per_job=2, resolution=96)
+        wait_for(lambda: len(instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING]))) == tick,
+                 60, f"the run of tick {tick} on the queue")
+    app.control.add_consumer(queue, destination=workers, reply=True)
+    job_ids += submit_images(deployed_home, agent, image_files[:2], per_job=2, resolution=64)
+    wait_for(lambda: len(instance.get_run_records()) == 3, 60, "the run of tick 3")
     records = wait_for(lambda: all_finished(instance), 150, "every run to finish")
 
     assert [record.dagster_run.status for record in records] == [dg.DagsterRunStatus.SUCCESS] * 3
