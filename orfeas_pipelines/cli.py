@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8750)
     serve.set_defaults(handler=_serve)
+    worker = commands.add_parser("worker", help="a Celery GPU worker for the deployment's queued runs")
+    worker.add_argument("--name", help="worker name (default: gpu<GPU>)")
+    worker.add_argument("--gpu", help="the device it serves, as CUDA_VISIBLE_DEVICES (default: inherited)")
+    _home_option(worker)
+    worker.set_defaults(handler=_worker)
 
     bench = commands.add_parser("bench", help="benchmarks; ratios measured side by side in one run")
     bench.set_defaults(handler=_bench_all)
@@ -313,6 +318,16 @@ def _serve(args: argparse.Namespace) -> int:
     home = OrfeasHome.at(args.home).ensure()
     print(f"orfeas serve: http://{args.host}:{args.port}/v1/health (home {home.root})", file=sys.stderr, flush=True)
     uvicorn.run(create_app(home), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from orfeas_pipelines.deploy.worker import run_worker
+
+    home = OrfeasHome.at(args.home)
+    os.environ["ORFEAS_HOME"] = str(home.root)
+    os.environ.setdefault("DAGSTER_HOME", str(home.dagster_home))
+    run_worker(name=args.name, gpu=args.gpu)
     return 0
 
 

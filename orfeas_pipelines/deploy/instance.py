@@ -1,0 +1,36 @@
+"""The production instance config (`deploy/dagster.yaml`) installed into a home, and its environment."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from orfeas_pipelines.lib.home import OrfeasHome
+
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+GPU_WORKERS_MARK = re.compile(r"\d+(?= # GPU WORKERS)")
+
+
+def install_instance_config(home: OrfeasHome, gpu_workers: int) -> Path:
+    """Write `deploy/dagster.yaml` into the home's DAGSTER_HOME, sized for `gpu_workers` workers."""
+    if gpu_workers < 1:
+        raise ValueError(f"gpu_workers must be at least 1, got {gpu_workers}")
+    template = (DEPLOY_DIR / "dagster.yaml").read_text()
+    config = home.dagster_home / "dagster.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(GPU_WORKERS_MARK.sub(str(gpu_workers), template))
+    return config
+
+
+def deployment_env(home: OrfeasHome, postgres_url: str, redis_url: str) -> dict[str, str]:
+    """What the daemon, the webserver and each worker need in their environment.
+
+    SQLAlchemy 2.1 reads a bare `postgresql://` as the psycopg 3 driver; dagster-postgres ships
+    psycopg2, so the storage URL names that driver.
+    """
+    return {
+        "ORFEAS_HOME": str(home.root),
+        "DAGSTER_HOME": str(home.dagster_home),
+        "ORFEAS_POSTGRES_URL": postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+        "ORFEAS_REDIS_URL": redis_url,
+    }
