@@ -26,9 +26,13 @@ def deployment_env(home: OrfeasHome, postgres_url: str, redis_url: str) -> dict[
     """What the daemon, the webserver and each worker need in their environment.
 
     SQLAlchemy 2.1 reads a bare `postgresql://` as the psycopg 3 driver; dagster-postgres ships
-    psycopg2, so the storage URL names that driver.
+    psycopg2, so the storage URL names that driver. Runs are created in the daemon and the
+    webserver, which then write one planned event per range run instead of one per image.
     """
+    from orfeas_pipelines.runner import ONE_PLANNED_EVENT_PER_RUN
+
     return {
+        ONE_PLANNED_EVENT_PER_RUN: "1",
         "ORFEAS_HOME": str(home.root),
         "DAGSTER_HOME": str(home.dagster_home),
         "ORFEAS_POSTGRES_URL": postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1),
