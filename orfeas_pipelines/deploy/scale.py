@@ -5,7 +5,7 @@ throw-away Postgres, registers partitions as the sensor does (one `add_dynamic_p
 tick), and at checkpoints times what every run and tick pays for the whole partition set:
 listing the keys (what `run_partition_keys` does to settle a range run) and one membership check.
 
-`--browser-python P` also times the Dagster UI's partitions page of `generated_mesh` at each
+`--browser-python P` also times the Dagster UI's partitions page of `mesh` at each
 checkpoint in headless Chromium (`apt-get install chromium`), driven by Playwright from the
 Python `P` (a separate virtualenv with `pip install playwright`: it is no project dependency).
 """
@@ -52,7 +52,7 @@ def page_load_seconds(browser_python: str, url: str, expected: str, screenshot: 
 def measure(instance, partitions: int, per_tick: int, page_load=None, materialise: bool = False) -> list[dict]:
     """One row per checkpoint: registration time per tick so far, the per-run listing cost, and
     the UI's partitions page load when `page_load(count)` is given. `materialise` records a
-    run-less materialisation of `generated_mesh` for every partition, as delivered images have."""
+    run-less materialisation of `mesh` for every partition, as delivered images have."""
     from dagster import AssetMaterialization
 
     rows, registered, tick_seconds = [], 0, []
@@ -62,7 +62,7 @@ def measure(instance, partitions: int, per_tick: int, page_load=None, materialis
         instance.add_dynamic_partitions("images", keys)
         tick_seconds.append(time.perf_counter() - started)
         for key in keys if materialise else ():
-            instance.report_runless_asset_event(AssetMaterialization(asset_key="generated_mesh", partition=key))
+            instance.report_runless_asset_event(AssetMaterialization(asset_key="mesh", partition=key))
         registered += per_tick
         if registered in CHECKPOINTS or registered >= partitions:
             started = time.perf_counter()
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             webserver = {"webserver": service_commands(0, port)["webserver"]}
             pids = start_services(webserver, {"DAGSTER_HOME": str(root / "dagster")}, root / "logs")
-            page = f"http://127.0.0.1:{port}/assets/generated_mesh?view=partitions"
+            page = f"http://127.0.0.1:{port}/assets/mesh?view=partitions"
             shots = args.screenshots or root
             shots.mkdir(parents=True, exist_ok=True)
             deadline = time.monotonic() + 120

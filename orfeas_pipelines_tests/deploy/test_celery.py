@@ -99,9 +99,9 @@ def test_a_worker_killed_mid_run_is_detected_and_the_retry_delivers_every_image_
 
     def generating():
         starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
-        return any(event.step_key == "generated_mesh" for event in starts)
+        return any(event.step_key == "mesh" for event in starts)
 
-    wait_for(generating, 90, "generated_mesh to start")
+    wait_for(generating, 90, "mesh to start")
     victim = worker_of(instance.get_run_by_id(run.run_id))
     os.killpg(pids[victim], signal.SIGKILL)
     killed_at = time.monotonic()
