@@ -101,7 +101,8 @@ class RunTally:
 
     @contextmanager
     def stage(self, name: str):
-        """Time a stage of the run (decode, generate, check, export, preview, status)."""
+        """Time a stage of the run (decode, generate, check, status; deliveries add validate,
+        export, preview and pictures)."""
         started = time.perf_counter()
         yield
         self.seconds[name] += time.perf_counter() - started

@@ -10,7 +10,8 @@ side pays for them.
 The split: `outside_runs_s` is the intake tick, registering partitions and source images,
 the drain's look-up and settling after the run; `dagster_bookkeeping_s` is the run's time
 outside the step's own stages (run and step events, check and materialization writes);
-the rest are the step's stages (decode, generate, check, export, preview, status).
+the rest are the step's stages (decode, generate, check, validate, export, preview, pictures,
+status).
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def deliver(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
     mask over it and, when there is one, the mesh.
     """
     from orfeas_pipelines.lib.export import export_mesh, render_preview
-    from orfeas_pipelines.lib.meshes import mesh_problems, mesh_summary
+    from orfeas_pipelines.lib.meshes import inspect_mesh
 
     key = request.key
     job_id, stem = job_id_of(key), Path(file_of(key)).stem
@@ -98,12 +98,14 @@ def deliver(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
     if not result.ok:
         failure = Failure(result.error or f"{key}: no mesh produced", "generation_failed", result.retryable)
         return Delivery({}, metrics, quality, folder, failure, pictures=pictures_markdown(request.image, result.mask))
-    problems = mesh_problems(result.mesh)
+    started = time.perf_counter()
+    problems, facts = inspect_mesh(result.mesh)
     if problems:
         failure = Failure(f"{key}: {'; '.join(problems)}", "invalid_mesh")
         return Delivery({}, metrics, quality, folder, failure, pictures=pictures_markdown(request.image, result.mask))
+    metrics.update(facts)
+    validated = time.perf_counter()
     manifest = job_manifest(home, job_id)
-    started = time.perf_counter()
     try:
         files = export_mesh(result.mesh, folder, stem, manifest.output.formats, manifest.params.size_mm)
         exported = time.perf_counter()
@@ -112,8 +114,12 @@ def deliver(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
         return Delivery({}, metrics, quality, folder, Failure(f"{key}: cannot write files ({error})", "io_error", True))
     previewed = time.perf_counter()
     pictures = pictures_markdown(request.image, result.mask, preview)
-    seconds = {"export": exported - started, "preview": previewed - exported, "pictures": time.perf_counter() - previewed}
-    metrics.update(mesh_summary(result.mesh))
+    seconds = {
+        "validate": validated - started,
+        "export": exported - validated,
+        "preview": previewed - exported,
+        "pictures": time.perf_counter() - previewed,
+    }
     outputs = {fmt: path.name for fmt, path in files.items()}
     return Delivery(outputs, metrics, quality, folder, seconds=seconds, pictures=pictures)
 

@@ -53,20 +53,35 @@ def normalise_to_frame(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return _copy(mesh, (mesh.vertices - (lower + upper) / 2) / largest)
 
 
-def mesh_problems(mesh: trimesh.Trimesh | None) -> list[str]:
-    """Why a mesh is not valid, one short phrase per problem; empty when it is valid."""
+def inspect_mesh(mesh: trimesh.Trimesh | None) -> tuple[list[str], dict[str, Any]]:
+    """Why a mesh is not valid (one short phrase per problem; empty when valid) and plain-JSON
+    facts about it, from one pass over its edges.
+
+    trimesh derives watertightness, the Euler number and the bodies from separately cached
+    edge groupings (about 40 ms for a 50k-face mesh); one sort of packed edge keys gives all
+    three (about 10 ms), which matters when every delivered mesh is inspected.
+    """
     if mesh is None or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
-        return ["mesh is empty"]
+        return ["mesh is empty"], _facts(mesh, watertight=False, components=0, euler=0)
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces, dtype=np.int64)
+    if not np.isfinite(vertices).all():
+        return ["mesh has non-finite vertex coordinates"], _facts(mesh, watertight=False, components=0, euler=0)
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    keys, counts = np.unique(edges[:, 0] * len(vertices) + edges[:, 1], return_counts=True)
+    watertight = bool((counts == 2).all())
     problems = []
-    if not np.isfinite(mesh.vertices).all():
-        problems.append("mesh has non-finite vertex coordinates")
-        return problems
-    degenerate = int((~mesh.nondegenerate_faces(height=DEGENERATE_HEIGHT)).sum())
+    degenerate = int(_degenerate_faces(vertices[faces]).sum())
     if degenerate:
         problems.append(f"mesh has {degenerate} degenerate faces")
-    if not mesh.is_watertight:
+    if not watertight:
         problems.append("mesh is not watertight")
-    return problems
+    euler = len(vertices) - len(keys) + len(faces)
+    return problems, _facts(mesh, watertight, _vertex_groups(keys, len(vertices)), euler)
+
+
+def mesh_problems(mesh: trimesh.Trimesh | None) -> list[str]:
+    """Why a mesh is not valid, one short phrase per problem; empty when it is valid."""
+    return inspect_mesh(mesh)[0]
 
 
 def is_valid_mesh(mesh: trimesh.Trimesh | None) -> bool:
@@ -75,18 +90,48 @@ def is_valid_mesh(mesh: trimesh.Trimesh | None) -> bool:
 
 def mesh_summary(mesh: trimesh.Trimesh) -> dict[str, Any]:
     """Plain-JSON facts about a mesh for run metadata and status files."""
-    watertight = bool(mesh.is_watertight)
-    components = int(mesh.body_count) if len(mesh.faces) else 0
-    euler = int(mesh.euler_number)
+    return inspect_mesh(mesh)[1]
+
+
+def _facts(mesh: trimesh.Trimesh | None, watertight: bool, components: int, euler: int) -> dict[str, Any]:
+    empty = mesh is None or len(mesh.vertices) == 0
     return {
-        "vertices": int(len(mesh.vertices)),
-        "faces": int(len(mesh.faces)),
+        "vertices": 0 if mesh is None else int(len(mesh.vertices)),
+        "faces": 0 if mesh is None else int(len(mesh.faces)),
         "watertight": watertight,
-        "components": components,
-        "euler_number": euler,
+        "components": int(components),
+        "euler_number": int(euler),
         "genus": (2 * components - euler) // 2 if watertight else None,
-        "extents": [float(value) for value in mesh.extents] if len(mesh.vertices) else [0.0, 0.0, 0.0],
+        "extents": [0.0, 0.0, 0.0] if empty else [float(value) for value in mesh.extents],
     }
+
+
+def _degenerate_faces(triangles: np.ndarray) -> np.ndarray:
+    """Faces whose height over their longest side is below DEGENERATE_HEIGHT (collapsed or
+    colinear); squared lengths and a column-wise cross product keep it a few array passes."""
+    a, b = triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]
+    c = b - a
+    longest = np.maximum(np.maximum(_squared(a), _squared(b)), _squared(c))
+    normal = np.stack(
+        [a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2], a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]],
+        axis=1,
+    )
+    limit = DEGENERATE_HEIGHT**2
+    return (longest <= limit) | (_squared(normal) <= limit * longest)
+
+
+def _squared(vectors: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", vectors, vectors)
+
+
+def _vertex_groups(edge_keys: np.ndarray, vertex_count: int) -> int:
+    """Connected groups of vertices (as trimesh's body_count: unreferenced vertices count alone)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rows, columns = np.divmod(edge_keys, vertex_count)
+    graph = coo_matrix((np.ones(len(edge_keys), dtype=np.int8), (rows, columns)), shape=(vertex_count, vertex_count))
+    return int(connected_components(graph, directed=False)[0])
 
 
 def _copy(mesh: trimesh.Trimesh, vertices: np.ndarray) -> trimesh.Trimesh:

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import trimesh
 
-from orfeas_pipelines.lib.meshes import clean_mesh, is_valid_mesh, mesh_problems, mesh_summary, normalise_to_frame
+from orfeas_pipelines.lib.meshes import (
+    clean_mesh,
+    inspect_mesh,
+    is_valid_mesh,
+    mesh_problems,
+    mesh_summary,
+    normalise_to_frame,
+)
 
 
 def coloured_box(extents=(1.0, 2.0, 3.0)) -> trimesh.Trimesh:
@@ -97,3 +104,18 @@ def test_mesh_summary_reports_topology():
     assert sphere["genus"] == 0 and sphere["components"] == 1
     assert sphere["faces"] == 1280 and sphere["vertices"] == 642
     assert sphere["extents"] == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_one_pass_inspection_agrees_with_trimesh():
+    two_bodies = trimesh.util.concatenate([trimesh.creation.icosphere(), trimesh.creation.torus(1.0, 0.3).apply_translation([5, 0, 0])])
+    open_box = trimesh.creation.box()
+    open_box.faces = open_box.faces[:-1]
+    for mesh in (two_bodies, open_box):
+        problems, facts = inspect_mesh(mesh)
+        reference = trimesh.Trimesh(mesh.vertices.copy(), mesh.faces.copy(), process=False)
+        assert facts["watertight"] == reference.is_watertight
+        assert facts["components"] == reference.body_count and facts["euler_number"] == reference.euler_number
+        assert ("mesh is not watertight" in problems) == (not reference.is_watertight)
+    assert inspect_mesh(two_bodies)[1]["genus"] == 1, "a sphere (genus 0) and a torus (genus 1)"
+    sliver = trimesh.Trimesh(vertices=[[0, 0, 0], [1, 0, 0], [2, 0, 0]], faces=[[0, 1, 2]], process=False)
+    assert inspect_mesh(sliver)[0][0] == "mesh has 1 degenerate faces"
