@@ -21,6 +21,7 @@ import numpy as np
 import trimesh
 
 from orfeas_pipelines.lib.home import write_bytes_atomic
+from orfeas_pipelines.lib.meshes import face_cross
 from orfeas_pipelines.lib.preview import PREVIEW_SIZE, png_bytes, render_preview_rgba
 
 MESH_FORMATS = ("stl", "glb", "obj", "ply")
@@ -141,28 +142,44 @@ def _encoded(mesh: trimesh.Trimesh, fmt: str, size_mm: float) -> bytes:
     if fmt == "glb":
         return glb_bytes(mesh)
     if fmt == "stl":
-        return _in_millimetres(mesh, size_mm).export(file_type="stl")
+        return _stl_bytes(_in_millimetres(mesh, size_mm), np.asarray(mesh.faces))
     data = mesh.export(file_type=fmt)
     return data.encode() if isinstance(data, str) else data
 
 
-def _in_millimetres(mesh: trimesh.Trimesh, size_mm: float) -> trimesh.Trimesh:
-    """A copy centred at the origin with its largest side `size_mm` (STL carries no unit)."""
-    lower, upper = mesh.bounds
+def _in_millimetres(mesh: trimesh.Trimesh, size_mm: float) -> np.ndarray:
+    """The vertices centred at the origin with the largest side `size_mm` (STL carries no
+    unit), as the float32 an STL stores."""
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    lower, upper = vertices.min(axis=0), vertices.max(axis=0)
     largest = float((upper - lower).max())
     if not math.isfinite(largest) or largest <= 0:
         raise ValueError(f"cannot scale a mesh whose largest side is {largest} to {size_mm} mm")
-    vertices = (np.asarray(mesh.vertices) - (lower + upper) / 2) * (size_mm / largest)
-    # STL stores float32: facet normals are computed from the stored coordinates, so a sliver
-    # face's normal agrees with what a reader (admesh, a slicer) recomputes from them.
-    stored = vertices.astype(np.float32).astype(np.float64)
-    return trimesh.Trimesh(vertices=stored, faces=np.asarray(mesh.faces), process=False)
+    return ((vertices - (lower + upper) / 2) * (size_mm / largest)).astype(np.float32)
+
+
+def _stl_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+    """Binary STL. Facet normals come from the stored float32 coordinates, so a sliver face's
+    normal agrees with what a reader (admesh, a slicer) recomputes from them."""
+    triangles = vertices[faces].astype(np.float64)
+    normals = face_cross(triangles)
+    lengths = np.sqrt(np.einsum("ij,ij->i", normals, normals))[:, None]
+    normals = np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0)
+    records = np.zeros(len(faces), dtype=[("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
+    records["normal"] = normals
+    records["corners"] = vertices[faces]
+    return b"\0" * 80 + struct.pack("<I", len(faces)) + records.tobytes()
 
 
 def _unit_normals(mesh: trimesh.Trimesh) -> np.ndarray:
-    """Vertex normals of unit length in float32; a vertex whose faces cancel out (no
-    direction) gets +Z rather than a zero vector, which glTF forbids."""
-    normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
+    """Area-weighted vertex normals of unit length in float32; a vertex whose faces cancel out
+    (no direction) gets +Z rather than a zero vector, which glTF forbids."""
+    vertices, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces)
+    weighted = face_cross(vertices[faces])
+    normals = np.stack(
+        [sum(np.bincount(faces[:, corner], weighted[:, axis], len(vertices)) for corner in range(3)) for axis in range(3)],
+        axis=1,
+    )
     lengths = np.linalg.norm(normals, axis=1, keepdims=True)
-    normals = np.where(lengths > 1e-6, normals / np.maximum(lengths, 1e-12), [0.0, 0.0, 1.0])
+    normals = np.where(lengths > 1e-12, normals / np.maximum(lengths, 1e-300), [0.0, 0.0, 1.0])
     return normals.astype(np.float32)

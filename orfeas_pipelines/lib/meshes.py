@@ -108,16 +108,24 @@ def _facts(mesh: trimesh.Trimesh | None, watertight: bool, components: int, eule
 
 def _degenerate_faces(triangles: np.ndarray) -> np.ndarray:
     """Faces whose height over their longest side is below DEGENERATE_HEIGHT (collapsed or
-    colinear); squared lengths and a column-wise cross product keep it a few array passes."""
+    colinear); squared lengths keep it a few array passes."""
     a, b = triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]
     c = b - a
     longest = np.maximum(np.maximum(_squared(a), _squared(b)), _squared(c))
-    normal = np.stack(
+    limit = DEGENERATE_HEIGHT**2
+    return (longest <= limit) | (_squared(face_cross(triangles)) <= limit * longest)
+
+
+def face_cross(triangles: np.ndarray) -> np.ndarray:
+    """(F, 3) cross products (v1 - v0) x (v2 - v0): each face's normal scaled by twice its area.
+
+    Column by column, several times faster than `np.cross` on (F, 3) arrays.
+    """
+    a, b = triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]
+    return np.stack(
         [a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2], a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]],
         axis=1,
     )
-    limit = DEGENERATE_HEIGHT**2
-    return (longest <= limit) | (_squared(normal) <= limit * longest)
 
 
 def _squared(vectors: np.ndarray) -> np.ndarray:
