@@ -101,8 +101,9 @@ class RunTally:
 
     @contextmanager
     def stage(self, name: str):
-        """Time a stage of the run (decode, generate, check, status; deliveries add validate,
-        export, preview and pictures)."""
+        """Time a stage of the run (decode, generate, check, deliver, status). Deliveries run
+        in parallel, so their parts (validate, export, preview, pictures) are summed as
+        `<part>_cpu`: thread-seconds, not wall time."""
         started = time.perf_counter()
         yield
         self.seconds[name] += time.perf_counter() - started
@@ -173,11 +174,10 @@ def _run_window(
 
     The window's images and meshes are freed when it returns.
     """
-    from orfeas_pipelines.lib.delivery import deliver, load_requests
+    from orfeas_pipelines.lib.delivery import deliver_all, load_requests
 
     with tally.stage("decode"):
         requests, load_failures = load_requests(home, window)
-    requests_by_key = {request.key: request for request in requests}
     window_batches: list = []
     with tally.stage("generate"):
         results = {result.key: result for result in mesh_generator.generate(requests, on_batch=window_batches.append)}
@@ -190,12 +190,13 @@ def _run_window(
         yield evaluation
     if leaked:
         return True
+    with tally.stage("deliver"):
+        outcomes = deliver_all(home, requests, results)
     for key in window:
-        failure = load_failures.get(key)
-        outcome = None if failure else deliver(home, requests_by_key[key], results[key])
-        failure = failure or outcome.failure
+        outcome = outcomes.get(key)
+        failure = load_failures.get(key) or outcome.failure
         for stage, seconds in (outcome.seconds.items() if outcome else ()):
-            tally.seconds[stage] += seconds
+            tally.seconds[f"{stage}_cpu"] += seconds
         if failure is None:
             tally.delivered += 1
             yield dg.AssetMaterialization(MESH, partition=key, metadata=_delivery_metadata(outcome, mesh_generator.backend))

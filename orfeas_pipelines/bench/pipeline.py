@@ -10,8 +10,9 @@ side pays for them.
 The split: `outside_runs_s` is the intake tick, registering partitions and source images,
 the drain's look-up and settling after the run; `dagster_bookkeeping_s` is the run's time
 outside the step's own stages (run and step events, check and materialization writes);
-the rest are the step's stages (decode, generate, check, validate, export, preview, pictures,
-status).
+the rest are the step's stages (decode, generate, check, deliver, status), with `deliver`
+split into its parts as thread-seconds (`validate_cpu`, `export_cpu`, `preview_cpu`,
+`pictures_cpu`: deliveries run on every CPU at once, so these add up to more than `deliver`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def _end_to_end(home: OrfeasHome, paths: list[Path], resolution: int) -> dict[st
         for record in records:
             for stage, seconds in json.loads(record.dagster_run.tags.get("orfeas/stage_seconds", "{}")).items():
                 stages[stage] = stages.get(stage, 0.0) + seconds
+        parts = {stage: stages.pop(stage) for stage in list(stages) if stage.endswith("_cpu")}
         run_seconds = sum(record.end_time - record.start_time for record in records)
         events = sum(len(instance.get_records_for_run(run_id).records) for run_id in report.run_ids)
     in_step = sum(stages.values())
@@ -95,6 +97,7 @@ def _end_to_end(home: OrfeasHome, paths: list[Path], resolution: int) -> dict[st
         "outside_runs_s": round(end_to_end - run_seconds, 2),
         "dagster_bookkeeping_s": round(run_seconds - in_step, 2),
         **{f"{stage}_s": round(seconds, 2) for stage, seconds in sorted(stages.items())},
+        **{f"{part}_s": round(seconds, 2) for part, seconds in sorted(parts.items())},
     }
 
 

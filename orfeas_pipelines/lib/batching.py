@@ -60,6 +60,13 @@ def available_memory_bytes(device_type: str) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS has one, e.g. in a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def auto_batch_size(
     generator: Generator,
     request: GenerationRequest,

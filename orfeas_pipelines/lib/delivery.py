@@ -124,6 +124,20 @@ def deliver(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
     return Delivery(outputs, metrics, quality, folder, seconds=seconds, pictures=pictures)
 
 
+def deliver_all(home: OrfeasHome, requests: list[GenerationRequest], results: dict[str, GenerationResult]) -> dict[str, Delivery]:
+    """`deliver` for every generated image, on all usable CPUs: the validation, encoding and
+    rendering are numpy and zlib work that releases the GIL, so images go in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orfeas_pipelines.lib.batching import usable_cpus
+
+    if not requests:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(requests), usable_cpus())) as pool:
+        outcomes = pool.map(lambda request: deliver(home, request, results[request.key]), requests)
+        return {request.key: outcome for request, outcome in zip(requests, outcomes)}
+
+
 def pictures_markdown(image, mask, preview=None) -> str:
     """Input, mask over the input and mesh preview side by side, each a small inline PNG."""
     from orfeas_pipelines.lib.preview import mask_overlay_data_uri, thumbnail_data_uri

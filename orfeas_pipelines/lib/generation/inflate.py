@@ -20,13 +20,13 @@ batch gains on a CPU.
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from orfeas_pipelines.lib.batching import usable_cpus
 from orfeas_pipelines.lib.generation.base import GenerationRequest, GenerationResult, register_generator
 from orfeas_pipelines.lib.images import has_meaningful_alpha
 from orfeas_pipelines.lib.masks import Foreground, find_foreground, foreground_masks
@@ -148,7 +148,7 @@ class InflateGenerator:
 
         if len(requests) == 1:
             return [finish(0)]
-        with ThreadPoolExecutor(max_workers=min(len(requests), _usable_cpus())) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(requests), usable_cpus())) as pool:
             return list(pool.map(finish, range(len(requests))))
 
 
@@ -171,13 +171,6 @@ def _single_threaded_on_cpu(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity where the OS has one, e.g. in a container)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _image_problem(image: object) -> str | None:
