@@ -89,16 +89,6 @@ def render_preview_rgba(mesh: trimesh.Trimesh, size: int = PREVIEW_SIZE) -> np.n
     return image.view(np.uint8).reshape(size, size, 4)
 
 
-def render_preview_png(mesh: trimesh.Trimesh, size: int = PREVIEW_SIZE) -> bytes:
-    """The three-quarter view as PNG bytes (RGBA, size x size)."""
-    return png_bytes(render_preview_rgba(mesh, size))
-
-
-def preview_data_uri(mesh: trimesh.Trimesh, size: int = 128) -> str:
-    """The three-quarter view as an inline image for Dagster metadata."""
-    return _data_uri(render_preview_rgba(mesh, size))
-
-
 def thumbnail_data_uri(rgba: np.ndarray, max_side: int = 128) -> str:
     """The input image, shrunk to at most `max_side` pixels a side, as an inline image."""
     return _data_uri(_shrunk(_checked_image(rgba), max_side))

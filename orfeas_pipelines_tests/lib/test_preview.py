@@ -1,8 +1,6 @@
 import base64
 import io
 import math
-import statistics
-import time
 
 import numpy as np
 import pytest
@@ -16,8 +14,7 @@ from orfeas_pipelines.lib.preview import (
     ELEVATION_DEGREES,
     contact_sheet_png,
     mask_overlay_data_uri,
-    preview_data_uri,
-    render_preview_png,
+    png_bytes,
     render_preview_rgba,
     thumbnail_data_uri,
 )
@@ -118,7 +115,7 @@ def test_the_picture_is_shaded_brighter_towards_the_light():
 
 
 def test_preview_png_is_a_256_pixel_rgba_picture():
-    picture = Image.open(io.BytesIO(render_preview_png(trimesh.creation.icosphere())))
+    picture = Image.open(io.BytesIO(png_bytes(render_preview_rgba(trimesh.creation.icosphere()))))
     assert picture.format == "PNG" and picture.mode == "RGBA" and picture.size == (SIZE, SIZE)
 
 
@@ -137,20 +134,12 @@ def test_unrenderable_meshes_are_refused(mesh):
         render_preview_rgba(mesh)
 
 
-def test_a_50k_face_mesh_renders_in_milliseconds_not_seconds_and_without_pinholes():
+def test_a_50k_face_mesh_renders_without_pinholes():
     torus = coloured(trimesh.creation.torus(1.0, 0.4, major_sections=160, minor_sections=160), [200, 120, 40])
     assert len(torus.faces) == 51_200
     shown = np.pad(render_preview_rgba(torus)[:, :, 3] > 0, 1)
     surrounded = shown[:-2, 1:-1] & shown[2:, 1:-1] & shown[1:-1, :-2] & shown[1:-1, 2:]
     assert not (surrounded & ~shown[1:-1, 1:-1]).any()
-    seconds = []
-    for _ in range(5):
-        start = time.perf_counter()
-        render_preview_png(torus)
-        seconds.append(time.perf_counter() - start)
-    # The goal is 10 ms on a quiet machine; CI's cores are shared, so this only catches a
-    # return to drawing triangle by triangle (hundreds of milliseconds).
-    assert statistics.median(seconds) < 0.08
 
 
 def decoded(uri: str) -> Image.Image:
@@ -200,11 +189,6 @@ def test_a_mask_that_is_not_a_picture_is_refused(mask):
 def test_an_image_that_is_not_rgb_or_rgba_bytes_is_refused(image):
     with pytest.raises(ValueError, match=r"image must be an \(H, W, 3 or 4\) uint8 array"):
         thumbnail_data_uri(image)
-
-
-def test_preview_data_uri_is_the_small_three_quarter_view():
-    picture = decoded(preview_data_uri(trimesh.creation.icosphere(subdivisions=4)))
-    assert picture.size == (128, 128)
 
 
 def test_contact_sheet_lays_pictures_out_on_a_grid():
