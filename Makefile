@@ -34,14 +34,16 @@ GLTF_VALIDATOR := gltf-validator@2.0.0-dev.3.10
 DEBIAN_CHECKERS := admesh prusa-slicer
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0
 .tools/.installed-validators: Makefile
-	npm install --prefix .tools --no-audit --no-fund --loglevel=error $(GLTF_VALIDATOR)
+	@if command -v npm >/dev/null; then npm install --prefix .tools --no-audit --no-fund --loglevel=error $(GLTF_VALIDATOR); \
+	else echo "make validators: npm is missing; install Node.js and npm, then run make validators" >&2; fi
 	@missing="$$(for tool in $(DEBIAN_CHECKERS); do command -v $$tool >/dev/null || echo $$tool; done)"; \
-	if [ -z "$$missing" ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
 		$(APT_GET) install $(DEBIAN_CHECKERS) >/dev/null || \
-		{ $(APT_GET) update >/dev/null && $(APT_GET) install $(DEBIAN_CHECKERS) >/dev/null; }; \
-	else echo "make validators: $$missing missing; as root: apt-get install -y $(DEBIAN_CHECKERS)" >&2; fi
-	touch $@
+		{ $(APT_GET) update >/dev/null && $(APT_GET) install $(DEBIAN_CHECKERS) >/dev/null; } || \
+		echo "make validators: apt-get could not install $(DEBIAN_CHECKERS)" >&2; \
+	elif [ -n "$$missing" ]; then echo "make validators: $$missing missing; as root: apt-get install -y $(DEBIAN_CHECKERS)" >&2; fi
+	@# The stamp only when everything is there, so a later run (as root) completes the set.
+	@test -d .tools/node_modules/gltf-validator && command -v admesh >/dev/null && command -v prusa-slicer >/dev/null && touch $@ || true
 
 validators: .tools/.installed-validators
 
