@@ -69,8 +69,8 @@ dev: $(VENV)/.installed-base
 	ORFEAS_HOME=$(ORFEAS_HOME) DAGSTER_HOME=$(ORFEAS_HOME)/dagster DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=1 \
 		$(BIN)/dagster dev -w workspace.yaml
 
-# A local deployment in the background: Postgres, Redis, the daemon, the webserver and two
-# Celery GPU workers under $(ORFEAS_HOME); waits until ready, prints the URLs. See deploy/README.md.
+# A local deployment in the background: Postgres, Redis, the daemon, the webserver, the HTTP
+# agent API and two Celery GPU workers under $(ORFEAS_HOME); waits until ready, prints the URLs. See deploy/README.md.
 cluster: $(VENV)/.installed-deploy
 	ORFEAS_HOME=$(ORFEAS_HOME) $(BIN)/python -m orfeas_pipelines.deploy.cluster start --workers 2
 

@@ -1,9 +1,10 @@
 """A whole local deployment under `$ORFEAS_HOME`: `make cluster` and `make cluster-stop`.
 
-Postgres, Redis, the Dagster daemon, the webserver and N Celery GPU workers, each its own
-process group in the background, logging to `cluster/logs/`. `cluster/cluster.json` records
-what was started, so `stop` ends exactly those processes; `cluster/env` holds the variables a
-shell needs to talk to the same instance (`. $ORFEAS_HOME/cluster/env`).
+Postgres, Redis, the Dagster daemon, the webserver, the HTTP agent API (`orfeas serve`) and N
+Celery GPU workers, each its own process group in the background, logging to `cluster/logs/`.
+`cluster/cluster.json` records what was started, so `stop` ends exactly those processes;
+`cluster/env` holds the variables a shell needs to talk to the same instance
+(`. $ORFEAS_HOME/cluster/env`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ BIN = Path(sys.executable).parent
 READY_TIMEOUT_SECONDS = 180.0
 
 
-def service_commands(workers: int, webserver_port: int | None) -> dict[str, list[str]]:
-    """The Dagster processes of a deployment: the daemon, optionally the webserver, the workers."""
+def service_commands(workers: int, webserver_port: int | None, api_port: int | None = None) -> dict[str, list[str]]:
+    """The processes of a deployment: the daemon, optionally the webserver and the HTTP agent
+    API (`orfeas serve`), the workers."""
     workspace = str(REPO_ROOT / "workspace.yaml")
     commands = {"daemon": [str(BIN / "dagster-daemon"), "run", "-w", workspace]}
     if webserver_port:
         commands["webserver"] = [
             str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(webserver_port)
         ]
+    if api_port:
+        commands["api"] = [sys.executable, "-m", "orfeas_pipelines.cli", "serve", "--host", "127.0.0.1", "--port", str(api_port)]
     for gpu in range(workers):
         commands[f"gpu{gpu}"] = [sys.executable, "-m", "orfeas_pipelines.cli", "worker", "--name", f"gpu{gpu}", "--gpu", str(gpu)]
     return commands
@@ -59,15 +63,18 @@ def stop_services(pids: dict[str, int]) -> None:
     stop_processes(list(pids.values()), group=True)
 
 
-def wait_until_ready(pids: dict[str, int], worker_names: list[str], webserver_url: str | None) -> None:
-    """Block until the daemon is healthy, every worker answers a ping and the webserver serves."""
+def wait_until_ready(
+    pids: dict[str, int], worker_names: list[str], webserver_url: str | None, api_url: str | None = None
+) -> None:
+    """Block until the daemon is healthy, every worker answers a ping and the webserver and the
+    API serve."""
     from dagster import DagsterInstance
     from dagster._daemon.controller import all_daemons_healthy
 
     from orfeas_pipelines.deploy.worker import worker_app
 
     app, _ = worker_app()
-    waiting = {"daemon", *worker_names, *(["webserver"] if webserver_url else [])}
+    waiting = {"daemon", *worker_names, *(["webserver"] if webserver_url else []), *(["api"] if api_url else [])}
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     with DagsterInstance.get() as instance:
         while waiting and time.monotonic() < deadline:
@@ -80,6 +87,8 @@ def wait_until_ready(pids: dict[str, int], worker_names: list[str], webserver_ur
             waiting -= answered
             if webserver_url and "webserver" in waiting and serves(f"{webserver_url}/server_info"):
                 waiting.discard("webserver")
+            if api_url and "api" in waiting and serves(f"{api_url}/v1/health"):
+                waiting.discard("api")
             time.sleep(0.5)
     if waiting:
         raise RuntimeError(f"not ready after {READY_TIMEOUT_SECONDS:.0f}s: {', '.join(sorted(waiting))}")
@@ -120,12 +129,13 @@ def start_cluster(home: OrfeasHome, workers: int) -> dict:
     (cluster_dir / "env").write_text("".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items()))
     os.environ.update(env)
     _create_schema()
-    webserver_url = f"http://127.0.0.1:{free_port()}"
-    commands = service_commands(workers, int(webserver_url.rsplit(":", 1)[1]))
+    webserver_port, api_port = free_port(), free_port()
+    commands = service_commands(workers, webserver_port, api_port)
     state["processes"] = start_services(commands, env, cluster_dir / "logs")
-    state["urls"] = {"dagster": webserver_url, "postgres": postgres.url, "redis": redis.url}
+    webserver_url, api_url = f"http://127.0.0.1:{webserver_port}", f"http://127.0.0.1:{api_port}"
+    state["urls"] = {"dagster": webserver_url, "api": api_url, "postgres": postgres.url, "redis": redis.url}
     _save(state_file, state)
-    wait_until_ready(state["processes"], [name for name in commands if name.startswith("gpu")], webserver_url)
+    wait_until_ready(state["processes"], [name for name in commands if name.startswith("gpu")], webserver_url, api_url)
     return state
 
 

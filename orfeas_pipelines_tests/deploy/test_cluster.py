@@ -34,11 +34,12 @@ def test_cluster_starts_every_process_prints_its_urls_and_stops_them_all(cluster
     state = json.loads((cluster_home.root / "cluster" / "cluster.json").read_text())
     pids = [server["pid"] for server in state["servers"].values()] + list(state["processes"].values())
 
-    assert set(state["processes"]) == {"daemon", "webserver", "gpu0", "gpu1"}
+    assert set(state["processes"]) == {"daemon", "webserver", "api", "gpu0", "gpu1"}
     assert all(alive(pid) for pid in pids)
     for url in state["urls"].values():
         assert url in printed
     assert cluster.serves(state["urls"]["dagster"] + "/server_info")
+    assert cluster.serves(state["urls"]["api"] + "/v1/health")
     env = (cluster_home.root / "cluster" / "env").read_text()
     assert "ORFEAS_POSTGRES_URL=postgresql+psycopg2://" in env and "ORFEAS_REDIS_URL=redis://" in env
 
