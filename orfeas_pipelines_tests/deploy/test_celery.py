@@ -15,6 +15,8 @@ from orfeas_pipelines.lib import outbox
 from orfeas_pipelines_tests.conftest import submit_images
 
 FORMATS = ("stl", "ply")
+MESH_RUNS = dg.RunsFilter(job_name="mesh_job")
+"""The image runs; the automation sensor may also refresh mesh_quality_report in between."""
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def wait_for(condition, timeout: float, what: str):
 
 
 def all_finished(instance: dg.DagsterInstance) -> list:
-    records = instance.get_run_records()
+    records = instance.get_run_records(MESH_RUNS)
     return records if records and all(record.dagster_run.is_finished for record in records) else []
 
 
@@ -73,11 +75,12 @@ def test_runs_from_several_ticks_execute_on_both_workers_at_overlapping_times(de
     job_ids = []
     for tick in (1, 2):
         job_ids += submit_images(deployed_home, agent, image_files, per_job=2, resolution=96)
-        wait_for(lambda: len(instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING]))) == tick,
+        starting = dg.RunsFilter(job_name="mesh_job", statuses=[dg.DagsterRunStatus.STARTING])
+        wait_for(lambda: len(instance.get_runs(starting)) == tick,
                  60, f"the run of tick {tick} on the queue")
     app.control.add_consumer(queue, destination=workers, reply=True)
     job_ids += submit_images(deployed_home, agent, image_files[:2], per_job=2, resolution=64)
-    wait_for(lambda: len(instance.get_run_records()) == 3, 60, "the run of tick 3")
+    wait_for(lambda: len(instance.get_run_records(MESH_RUNS)) == 3, 60, "the run of tick 3")
     records = wait_for(lambda: all_finished(instance), 150, "every run to finish")
 
     assert [record.dagster_run.status for record in records] == [dg.DagsterRunStatus.SUCCESS] * 3
@@ -95,7 +98,7 @@ def test_a_worker_killed_mid_run_is_detected_and_the_retry_delivers_every_image_
 ):
     pids, instance = deployment
     job_ids = submit_images(deployed_home, agent, image_files * 2, per_job=4, resolution=128)
-    run = wait_for(lambda: instance.get_runs(), 60, "the run")[0]
+    run = wait_for(lambda: instance.get_runs(MESH_RUNS), 60, "the run")[0]
 
     def generating():
         starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
@@ -105,7 +108,7 @@ def test_a_worker_killed_mid_run_is_detected_and_the_retry_delivers_every_image_
     victim = worker_of(instance.get_run_by_id(run.run_id))
     os.killpg(pids[victim], signal.SIGKILL)
     killed_at = time.monotonic()
-    records = wait_for(lambda: len(instance.get_run_records()) == 2 and all_finished(instance), 150, "the retry to finish")
+    records = wait_for(lambda: len(instance.get_run_records(MESH_RUNS)) == 2 and all_finished(instance), 150, "the retry to finish")
     print(f"kill -9 of {victim} to every image delivered: {time.monotonic() - killed_at:.1f}s")
 
     retry, original = records
