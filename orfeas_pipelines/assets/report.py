@@ -6,10 +6,12 @@ all runs, with a contact sheet of the latest previews written to `reports/` in t
 """
 
 import io
+from pathlib import Path
 
 import dagster as dg
 
 from orfeas_pipelines.assets.meshes import MESH, VALID_CHECK
+from orfeas_pipelines.partitions import file_of, job_id_of
 from orfeas_pipelines.resources.home import OrfeasHomeResource
 
 REPORT_IMAGES = 5000
@@ -101,7 +103,7 @@ def _contact_sheet(orfeas_home: OrfeasHomeResource, rows: list[dict]) -> str | N
 
     previews = []
     for row in rows:
-        path = orfeas_home.home.outbox / row["image"].split("/", 1)[0] / (row["image"].split("/", 1)[1].rsplit(".", 1)[0] + ".png")
+        path = orfeas_home.home.outbox / job_id_of(row["image"]) / f"{Path(file_of(row['image'])).stem}.png"
         if path.is_file():
             previews.append(path.read_bytes())
     if not previews:

@@ -163,7 +163,7 @@ def _stl_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
     normal agrees with what a reader (admesh, a slicer) recomputes from them."""
     triangles = vertices[faces].astype(np.float64)
     normals = face_cross(triangles)
-    lengths = np.sqrt(np.einsum("ij,ij->i", normals, normals))[:, None]
+    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
     normals = np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0)
     records = np.zeros(len(faces), dtype=[("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
     records["normal"] = normals

@@ -26,9 +26,10 @@ ACTIVE_RUN_STATUSES = [
 ]
 
 
-def drain_keys(instance: dg.DagsterInstance) -> list[str]:
-    """Image partitions, in partition order, that the drain should run."""
-    keys = instance.get_dynamic_partitions(images_partitions.name)
+def drain_keys(instance: dg.DagsterInstance, keys: list[str] | None = None) -> list[str]:
+    """Image partitions, in partition order, that the drain should run (of `keys`, the image
+    partitions already read, or all of them)."""
+    keys = instance.get_dynamic_partitions(images_partitions.name) if keys is None else keys
     delivered = instance.get_materialized_partitions(MESH)
     undelivered = [key for key in keys if key not in delivered]
     if not undelivered:
@@ -48,9 +49,10 @@ def drain_keys(instance: dg.DagsterInstance) -> list[str]:
 
 def drain_requests(instance: dg.DagsterInstance, orfeas_home: OrfeasHomeResource, run_key_prefix: str) -> list[dg.RunRequest]:
     """One range run per contiguous stretch of drainable partitions, at most MAX_IMAGES_PER_RUN each."""
-    drainable = set(drain_keys(instance))
+    keys = instance.get_dynamic_partitions(images_partitions.name)
+    drainable = set(drain_keys(instance, keys))
     requests = []
-    for stretch in _stretches(instance.get_dynamic_partitions(images_partitions.name), drainable):
+    for stretch in _stretches(keys, drainable):
         for start in range(0, len(stretch), MAX_IMAGES_PER_RUN):
             chunk = stretch[start : start + MAX_IMAGES_PER_RUN]
             requests.append(
