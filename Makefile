@@ -62,8 +62,7 @@ test: $(VENV)/.installed-full validators
 # Ctrl-C stops both (a background job of a script ignores SIGINT, hence the trap).
 ORFEAS_API_PORT ?= 8750
 dev: $(VENV)/.installed-base
-	mkdir -p $(ORFEAS_HOME)/dagster
-	test -f $(ORFEAS_HOME)/dagster/dagster.yaml || cp orfeas_pipelines/dagster.yaml $(ORFEAS_HOME)/dagster/dagster.yaml
+	$(BIN)/orfeas init --home $(ORFEAS_HOME)
 	ORFEAS_HOME=$(ORFEAS_HOME) $(BIN)/orfeas serve --port $(ORFEAS_API_PORT) & serve=$$!; \
 	trap 'kill $$serve 2>/dev/null; wait $$serve 2>/dev/null' EXIT INT TERM; \
 	ORFEAS_HOME=$(ORFEAS_HOME) DAGSTER_HOME=$(ORFEAS_HOME)/dagster DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=1 \

@@ -14,15 +14,15 @@
 """
 
 import os
-import shutil
 import socket
 from dataclasses import dataclass, field
 from importlib.resources import files
+from pathlib import Path
 
 import dagster as dg
 from filelock import FileLock, Timeout
 
-from orfeas_pipelines.lib.home import OrfeasHome
+from orfeas_pipelines.lib.home import OrfeasHome, write_bytes_atomic
 
 LOCATION_NAME = "orfeas_pipelines"
 """The code location's name in workspace.yaml and pyproject.toml; sensor state is keyed by it."""
@@ -46,15 +46,22 @@ class ProcessReport:
     skip_reason: str | None = None
 
 
-def open_instance(home: OrfeasHome) -> dg.DagsterInstance:
-    """The home's persistent instance, with the project's dagster.yaml (pool limits) in place."""
-    os.environ.setdefault(ONE_PLANNED_EVENT_PER_RUN, "1")
-    dagster_home = home.dagster_home
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_home / "dagster.yaml"
+def install_instance_config(home: OrfeasHome) -> Path:
+    """The home's `dagster/dagster.yaml` (pool limits, the pooled event log), written from the
+    project's template when missing; an existing one is the user's and is kept."""
+    home.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = home.dagster_home / "dagster.yaml"
     if not config.exists():
-        shutil.copyfile(str(files("orfeas_pipelines") / "dagster.yaml"), config)
-    return dg.DagsterInstance.from_config(str(dagster_home))
+        template = (files("orfeas_pipelines") / "dagster.yaml").read_text()
+        write_bytes_atomic(config, template.replace("DAGSTER_HOME_DIR", str(home.dagster_home.resolve())).encode())
+    return config
+
+
+def open_instance(home: OrfeasHome) -> dg.DagsterInstance:
+    """The home's persistent instance, with its dagster.yaml in place."""
+    os.environ.setdefault(ONE_PLANNED_EVENT_PER_RUN, "1")
+    install_instance_config(home)
+    return dg.DagsterInstance.from_config(str(home.dagster_home))
 
 
 def tick_sensor(instance: dg.DagsterInstance, sensor_name: str, resources: dict) -> dg.SensorResult:

@@ -18,9 +18,12 @@ before the next window is read.
 """
 
 import json
+import queue
+import threading
 import time
 import warnings
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
@@ -41,6 +44,9 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", categor
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
 
 MESH = dg.AssetKey("mesh")
+MIN_WINDOW = 4
+"""Fewest images a window of a larger run holds: smaller batches would cost the device more
+than the overlap of generation and delivery saves."""
 VALID_CHECK = "mesh_is_valid"
 BATCH_CHECK = "batch_matches_sequential"
 
@@ -80,12 +86,16 @@ MESH_CHECKS = [
 class MeshRunConfig(dg.Config):
     """How a range run walks its images and how much of each window the blocking check re-runs.
 
-    A run holds at most `images_in_memory` decoded images and their meshes at a time, so a
-    range of thousands of large photos needs no more memory than a few batches of them.
+    A run holds at most `images_in_memory` decoded images and their meshes at a time (two
+    windows of half that: one delivered while the next is generated), so a range of
+    thousands of large photos needs no more memory than a few batches of them. The blocking
+    check re-generates `recheck_fraction` of the run's images, spread over its windows: at
+    least one, in the first window with batches to compare, and at most
+    `max_recheck_per_window` in any window.
     """
 
     images_in_memory: int = 64
-    recheck_fraction: float = 0.05
+    recheck_fraction: float = 0.03
     max_recheck_per_window: int = 4
 
 
@@ -101,9 +111,12 @@ class RunTally:
 
     @contextmanager
     def stage(self, name: str):
-        """Time a stage of the run (decode, generate, check, deliver, status). Deliveries run
-        in parallel, so their parts (validate, export, preview, pictures) are summed as
-        `<part>_cpu`: thread-seconds, not wall time."""
+        """Time a stage of the run on the delivering thread (wait_for_window, deliver, status).
+
+        The generating thread's stages (decode, generate, check) are added per window, and
+        the deliveries' parts (validate, export, preview, pictures) are summed as
+        `<part>_cpu`; all of these overlap in time, so they are thread-seconds.
+        """
         started = time.perf_counter()
         yield
         self.seconds[name] += time.perf_counter() - started
@@ -134,24 +147,27 @@ def mesh(
     orfeas_home: OrfeasHomeResource,
     mesh_generator: MeshGeneratorResource,
 ) -> Iterator:
-    """Generate, check and deliver every image of the run's range, a window at a time."""
+    """Generate, check and deliver every image of the run's range, a window at a time: while
+    one window is delivered, the next is decoded, generated and re-checked on a background
+    thread, so the device does not wait for validation, encoding, previews or Dagster's
+    event writes."""
     from orfeas_pipelines.sensors.status import settle_run
 
-    if config.images_in_memory < 1:
-        raise dg.Failure(f"images_in_memory must be at least 1, got {config.images_in_memory}")
+    if config.images_in_memory < 2:
+        raise dg.Failure(f"images_in_memory must be at least 2, got {config.images_in_memory}")
     home = orfeas_home.home
     keys = _keys_to_run(context)
     tally = RunTally()
     with tally.stage("status"):
         settle_cursor = settle_run(context.instance, context.run, home, keys)
-    for start in range(0, len(keys), config.images_in_memory):
-        window = keys[start : start + config.images_in_memory]
-        leaked = yield from _run_window(context, config, home, mesh_generator, window, tally)
-        with tally.stage("status"):
-            settle_cursor = settle_run(context.instance, context.run, home, keys, after=settle_cursor)
-        if leaked:
-            context.log.error("blocking check failed: the rest of the run is not delivered")
-            break
+    with WindowGenerator(config, home, mesh_generator, _windows(keys, config.images_in_memory), tally) as windows:
+        for window in windows:
+            leaked = yield from _deliver_window(context, home, mesh_generator, window, tally)
+            with tally.stage("status"):
+                settle_cursor = settle_run(context.instance, context.run, home, keys, after=settle_cursor)
+            if leaked:
+                context.log.error("blocking check failed: the rest of the run is not delivered")
+                break
     _log_summary(context, mesh_generator, keys, tally)
     if tally.retryable:
         sample = "; ".join(f"{key}: {reason}" for key, reason in list(tally.retryable.items())[:5])
@@ -162,39 +178,143 @@ def mesh(
         )
 
 
-def _run_window(
+def _windows(keys: list[str], images_in_memory: int) -> list[list[str]]:
+    """The run's keys in windows of about equal size: at most half of `images_in_memory` (one
+    window is generated while the one before it is delivered), and a quarter of the run for
+    a small run (at least MIN_WINDOW images), so a small run also delivers while it generates
+    and its last window, whose delivery nothing overlaps, is short."""
+    if not keys:
+        return []
+    largest = min(images_in_memory // 2, max(MIN_WINDOW, -(-len(keys) // 4)))
+    count = -(-len(keys) // largest)
+    size = -(-len(keys) // count)
+    return [keys[start : start + size] for start in range(0, len(keys), size)]
+
+
+@dataclass
+class GeneratedWindow:
+    """One window decoded and generated; `checked` resolves to the blocking check's
+    evaluations and whether the sample leaked."""
+
+    index: int
+    keys: list[str]
+    requests: list
+    load_failures: dict
+    results: dict
+    batches: list
+    seconds: dict[str, float]
+    checked: Future = field(default_factory=Future)
+
+
+class WindowGenerator:
+    """Decodes, generates and re-checks the run's windows in order on one background thread,
+    never more than two windows in memory: the one being delivered and the next.
+
+    Iterating yields each window as soon as it is generated, while its blocking check still
+    runs (`checked`), so delivery prepares files meanwhile and publishes them once it passed.
+    """
+
+    def __init__(self, config: MeshRunConfig, home: "OrfeasHome", mesh_generator: MeshGeneratorResource, windows: list, tally: RunTally):
+        self._config, self._home, self._generator, self._windows = config, home, mesh_generator, windows
+        self._tally = tally
+        self._produced = self._rechecked = 0
+        self._ready: queue.Queue = queue.Queue()
+        self._free_slots = threading.Semaphore(2)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="orfeas-generate", daemon=True)
+
+    def __enter__(self) -> "WindowGenerator":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stopped.set()
+        self._free_slots.release()
+        self._thread.join()
+
+    def __iter__(self) -> Iterator[GeneratedWindow]:
+        for _ in self._windows:
+            with self._tally.stage("wait_for_window"):
+                window = self._ready.get()
+            if isinstance(window, BaseException):
+                raise window
+            yield window
+            self._free_slots.release()
+
+    def _work(self) -> None:
+        for index, keys in enumerate(self._windows):
+            self._free_slots.acquire()
+            if self._stopped.is_set():
+                return
+            try:
+                window = self._generate(index, keys)
+            except BaseException as error:  # the delivering thread raises it
+                self._ready.put(error)
+                return
+            self._ready.put(window)
+            self._check(window)
+
+    def _generate(self, index: int, keys: list[str]) -> GeneratedWindow:
+        from orfeas_pipelines.lib.delivery import load_requests
+
+        started = time.perf_counter()
+        requests, load_failures = load_requests(self._home, keys)
+        decoded = time.perf_counter()
+        batches: list = []
+        results = {result.key: result for result in self._generator.generate(requests, on_batch=batches.append)}
+        seconds = {"decode": decoded - started, "generate": time.perf_counter() - decoded}
+        return GeneratedWindow(index, keys, requests, load_failures, results, batches, seconds)
+
+    def _check(self, window: GeneratedWindow) -> None:
+        """Re-check this window's share of the run's sample: `recheck_fraction` of the images
+        generated so far, at least one as soon as a window has batches to compare."""
+        started = time.perf_counter()
+        produced = [key for key, result in window.results.items() if result.ok]
+        self._produced += len(produced)
+        due = round(self._config.recheck_fraction * self._produced) - self._rechecked
+        count = min(self._config.max_recheck_per_window, max(due, 1 if self._rechecked == 0 else 0))
+        try:
+            outcome = _recheck(self._generator, window, set(produced), count)
+        except BaseException as error:
+            window.checked.set_exception(error)
+        else:
+            self._rechecked += len(outcome[0])
+            window.seconds["check"] = time.perf_counter() - started
+            window.checked.set_result(outcome)
+
+
+def _deliver_window(
     context: dg.AssetExecutionContext,
-    config: MeshRunConfig,
     home: "OrfeasHome",
     mesh_generator: MeshGeneratorResource,
-    window: list[str],
+    window: GeneratedWindow,
     tally: RunTally,
 ) -> Iterator:
-    """Decode, generate, re-check and deliver one window; returns True when the check failed.
+    """Prepare the window's files while its check runs, then publish them and record each
+    image's outcome, or discard them all when the check failed; returns True in that case."""
+    from orfeas_pipelines.lib.batching import usable_cpus
+    from orfeas_pipelines.lib.delivery import discard, prepare, publish
 
-    The window's images and meshes are freed when it returns.
-    """
-    from orfeas_pipelines.lib.delivery import deliver_all, load_requests
-
-    with tally.stage("decode"):
-        requests, load_failures = load_requests(home, window)
-    window_batches: list = []
-    with tally.stage("generate"):
-        results = {result.key: result for result in mesh_generator.generate(requests, on_batch=window_batches.append)}
-    tally.batches += window_batches
+    tally.batches += window.batches
     with tally.stage("status"):
-        _record_batches(home, mesh_generator, window_batches)
-    with tally.stage("check"):
-        evaluations, leaked = _recheck(config, mesh_generator, requests, results, window_batches)
+        _record_batches(home, mesh_generator, window.batches)
+    with tally.stage("deliver"), ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
+        prepared = {
+            request.key: pool.submit(prepare, home, request, window.results[request.key]) for request in window.requests
+        }
+        evaluations, leaked = window.checked.result()
+        outcomes = {key: future.result() for key, future in prepared.items()}
+        for key, outcome in outcomes.items():
+            discard(outcome) if leaked else publish(key, outcome)
+    for stage, seconds in window.seconds.items():
+        tally.seconds[stage] += seconds
     for evaluation in evaluations:
         yield evaluation
     if leaked:
         return True
-    with tally.stage("deliver"):
-        outcomes = deliver_all(home, requests, results)
-    for key in window:
+    for key in window.keys:
         outcome = outcomes.get(key)
-        failure = load_failures.get(key) or outcome.failure
+        failure = window.load_failures.get(key) or outcome.failure
         for stage, seconds in (outcome.seconds.items() if outcome else ()):
             tally.seconds[f"{stage}_cpu"] += seconds
         if failure is None:
@@ -214,17 +334,21 @@ def _run_window(
     return False
 
 
-def _recheck(config, mesh_generator, requests, results, window_batches) -> tuple[list, bool]:
-    """The blocking check's evaluations for this window's sample, and whether any failed."""
+def _recheck(mesh_generator, window: GeneratedWindow, produced: set[str], count: int) -> tuple[list, bool]:
+    """The blocking check's evaluations for `count` of this window's meshes, and whether any
+    differed when re-generated.
+
+    One image re-generated alone proves its independence from its batch mates as well as a
+    re-batched sample does; several are re-generated as one batch in reverse order.
+    """
     from orfeas_pipelines.lib.compare import recheck_sample, same_mesh
 
-    produced = {key for key, result in results.items() if result.ok}
-    batches = [[key for key in batch.keys if key in produced] for batch in window_batches]
-    count = min(config.max_recheck_per_window, max(1, round(len(produced) * config.recheck_fraction)))
-    sample = recheck_sample(batches, count)
+    batches = [[key for key in batch.keys if key in produced] for batch in window.batches]
+    sample = recheck_sample(batches, count, rotation=window.index)
     if not sample:
         return [], False
-    by_key = {request.key: request for request in requests}
+    results = window.results
+    by_key = {request.key: request for request in window.requests}
     # Reversed, as one batch: every sampled item gets new batch mates and a new position.
     again = mesh_generator.generate([by_key[key] for key in reversed(sample)], batch_size=len(sample))
     evaluations, leaked = [], False

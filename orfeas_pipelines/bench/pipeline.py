@@ -5,14 +5,18 @@ generator alone (auto batch size), then `orfeas process` on the same images subm
 single-image jobs, end to end: intake, Dagster's bookkeeping, decoding, generation, the
 blocking check, exports to stl+glb, previews and status files. Efficiency = generator
 seconds / end-to-end seconds. Imports and the generator are warmed up first, so neither
-side pays for them.
+side pays for them. The two are timed alternately `repeats` times and each side's best
+time counts: on a shared machine the best is the one least disturbed by other processes.
 
-The split: `outside_runs_s` is the intake tick, registering partitions and source images,
-the drain's look-up and settling after the run; `dagster_bookkeeping_s` is the run's time
-outside the step's own stages (run and step events, check and materialization writes);
-the rest are the step's stages (decode, generate, check, deliver, status), with `deliver`
-split into its parts as thread-seconds (`validate_cpu`, `export_cpu`, `preview_cpu`,
-`pictures_cpu`: deliveries run on every CPU at once, so these add up to more than `deliver`).
+The split of the best end-to-end run: `outside_runs_s` is the intake tick, registering
+partitions and source images, the drain's look-up and settling after the run; `run_s` is
+the run itself, in which one thread decodes, generates and re-checks (`decode_s`,
+`generate_s`, `check_s`) while another delivers the window before (`deliver_s`, `status_s`)
+and writes Dagster's events; `generator_idle_s` is the run's time in which the generating
+thread had nothing to do (run start and end, the last window's delivery, waiting for a
+free window slot). `dagster_bookkeeping_s` is the delivering thread's time outside its own
+stages (event writes, run and step events). The deliveries' parts are thread-seconds
+(`validate_cpu`, `export_cpu`, `preview_cpu`, `pictures_cpu`: they run on every CPU at once).
 """
 
 from __future__ import annotations
@@ -26,17 +30,19 @@ from typing import Any
 from orfeas_pipelines.lib.home import OrfeasHome
 
 FORMATS = ("stl", "glb")
+GENERATING_STAGES = ("decode", "generate", "check")
+DELIVERING_STAGES = ("wait_for_window", "deliver", "status")
 
 
-def bench_pipeline(images: int = 32, resolution: int = 128) -> dict[str, Any]:
-    """One row: both timings, the efficiency, and the end-to-end time split by stage."""
+def bench_pipeline(images: int = 32, resolution: int = 128, repeats: int = 3) -> dict[str, Any]:
+    """One row: both best timings, the efficiency, and the best end-to-end run split by stage."""
     from orfeas_pipelines.lib.batching import generate_in_batches
     from orfeas_pipelines.lib.generation.base import GenerationRequest, create_generator
     from orfeas_pipelines.lib.images import load_image
     from orfeas_pipelines.lib.samples import sample_image_paths
 
-    if images < 1:
-        raise ValueError(f"images must be at least 1, got {images}")
+    if images < 1 or repeats < 1:
+        raise ValueError(f"images and repeats must be at least 1, got {images} and {repeats}")
     paths = [sample_image_paths()[index % len(sample_image_paths())] for index in range(images)]
     pictures = {path: load_image(path) for path in set(paths)}
     requests = [
@@ -45,23 +51,28 @@ def bench_pipeline(images: int = 32, resolution: int = 128) -> dict[str, Any]:
     ]
     generator = create_generator("inflate", device="cpu")
     generate_in_batches(generator, requests[:2])
-    started = time.perf_counter()
-    results = generate_in_batches(generator, requests)
-    generator_seconds = time.perf_counter() - started
-    if not all(result.ok for result in results):
-        raise RuntimeError("bench pipeline: the generator failed on a sample image")
-
+    generator_times, rows = [], []
     with tempfile.TemporaryDirectory(prefix="orfeas-bench-pipeline-") as tmp:
         _warm_up(Path(tmp) / "warm-up", resolution)
-        row = _end_to_end(OrfeasHome.at(Path(tmp) / "home").ensure(), paths, resolution)
-    end_to_end = row.pop("end_to_end_seconds")
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            results = generate_in_batches(generator, requests)
+            generator_times.append(time.perf_counter() - started)
+            if not all(result.ok for result in results):
+                raise RuntimeError("bench pipeline: the generator failed on a sample image")
+            rows.append(_end_to_end(OrfeasHome.at(Path(tmp) / f"home-{repeat}").ensure(), paths, resolution))
+    all_end_to_end = "/".join(f"{row['end_to_end_seconds']:.1f}" for row in rows)
+    best = min(rows, key=lambda row: row["end_to_end_seconds"])
+    end_to_end = best.pop("end_to_end_seconds")
     return {
         "images": images,
         "resolution": resolution,
-        "generator_seconds": round(generator_seconds, 2),
+        "generator_seconds": round(min(generator_times), 2),
         "end_to_end_seconds": round(end_to_end, 2),
-        "efficiency": round(generator_seconds / end_to_end, 3),
-        **row,
+        "efficiency": round(min(generator_times) / end_to_end, 3),
+        "all_generator_s": "/".join(f"{seconds:.1f}" for seconds in generator_times),
+        "all_end_to_end_s": all_end_to_end,
+        **best,
     }
 
 
@@ -86,18 +97,19 @@ def _end_to_end(home: OrfeasHome, paths: list[Path], resolution: int) -> dict[st
         for record in records:
             for stage, seconds in json.loads(record.dagster_run.tags.get("orfeas/stage_seconds", "{}")).items():
                 stages[stage] = stages.get(stage, 0.0) + seconds
-        parts = {stage: stages.pop(stage) for stage in list(stages) if stage.endswith("_cpu")}
         run_seconds = sum(record.end_time - record.start_time for record in records)
         events = sum(len(instance.get_records_for_run(run_id).records) for run_id in report.run_ids)
-    in_step = sum(stages.values())
+    generating = sum(stages.get(stage, 0.0) for stage in GENERATING_STAGES)
+    delivering = sum(stages.get(stage, 0.0) for stage in DELIVERING_STAGES)
     return {
         "end_to_end_seconds": end_to_end,
         "runs": len(records),
         "run_events": events,
         "outside_runs_s": round(end_to_end - run_seconds, 2),
-        "dagster_bookkeeping_s": round(run_seconds - in_step, 2),
+        "run_s": round(run_seconds, 2),
+        "generator_idle_s": round(run_seconds - generating, 2),
+        "dagster_bookkeeping_s": round(run_seconds - delivering, 2),
         **{f"{stage}_s": round(seconds, 2) for stage, seconds in sorted(stages.items())},
-        **{f"{part}_s": round(seconds, 2) for part, seconds in sorted(parts.items())},
     }
 
 

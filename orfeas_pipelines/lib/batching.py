@@ -115,7 +115,7 @@ def generate_in_batches(
                     )
                     start += 1
                     continue
-                size, halved = max(1, size // 2), True
+                size, halved = max(1, len(chunk) // 2), True  # a short last chunk halves from its own size
                 if learned_sizes is not None:
                     learned_sizes[key] = size
                 log.warning("out of memory at batch size %d; retrying at %d", len(chunk), size)

@@ -94,13 +94,14 @@ def compare_batch_to_sequential(
     return BatchAgreement(matched=matched, compared=len(keys), distances=distances, passed=passed)
 
 
-def recheck_sample(batches: Sequence[Sequence[str]], count: int) -> list[str]:
+def recheck_sample(batches: Sequence[Sequence[str]], count: int, rotation: int = 0) -> list[str]:
     """Up to `count` keys drawn across batches and batch positions.
 
     The i-th pick takes the batch at an even spread through the window and, in it, the
-    position i (wrapping), so the sample covers first, middle and last positions as well as
-    early and late batches. A batch of one image is sequential by construction and never
-    sampled; nor is a window with fewer than two images to compare.
+    position `rotation + i` (wrapping), so the sample covers first, middle and last positions
+    as well as early and late batches; successive windows pass successive rotations, so a
+    run's one-per-window samples still visit every position. A batch of one image is
+    sequential by construction and never sampled; nor is a window with fewer than two images.
     """
     candidates = [list(batch) for batch in batches if len(batch) > 1]
     if count <= 0 or not candidates:
@@ -109,7 +110,7 @@ def recheck_sample(batches: Sequence[Sequence[str]], count: int) -> list[str]:
     total = sum(len(batch) for batch in candidates)
     for index in range(min(count, total)):
         batch = candidates[(index * len(candidates)) // min(count, total)]
-        position = index % len(batch)
+        position = (rotation + index) % len(batch)
         for offset in range(len(batch)):
             key = batch[(position + offset) % len(batch)]
             if key not in picks:

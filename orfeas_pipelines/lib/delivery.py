@@ -1,21 +1,23 @@
 """From an accepted image to delivered files: the run's per-image work around the generator.
 
 `load_requests` reads and decodes each image of a window once, with its job's parameters;
-`deliver` turns one generation result into the job's files (`outbox/<job_id>/<stem>.<fmt>`
-and `<stem>.png`) or a classified failure. Failures say whether a retry can fix them: an
+`prepare` turns one generation result into the job's files (`outbox/<job_id>/<stem>.<fmt>`
+and `<stem>.png`) under temporary names, or a classified failure, and `publish` puts them in
+place once the window passed its blocking check. Failures say whether a retry can fix them: an
 image that is not an image, has no foreground or gives an invalid mesh fails the same way
 every time; running out of memory alone or an I/O error may not.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orfeas_pipelines.lib.home import OrfeasHome
+from orfeas_pipelines.lib.home import OrfeasHome, write_staged
 
 if TYPE_CHECKING:
     from orfeas_pipelines.lib.generation.base import GenerationRequest, GenerationResult
@@ -43,6 +45,12 @@ class Delivery:
     seconds: dict[str, float] = field(default_factory=dict)
     pictures: str = ""
     """Markdown with the input, the mask over it and the mesh preview as small inline images."""
+    staged: dict[Path, Path] = field(default_factory=dict)
+    """Prepared files not yet in place: temp file -> final path (see `publish`)."""
+
+
+PREVIEW_FORMAT = "png"
+"""The preview is always `<stem>.png` beside the meshes."""
 
 
 def job_id_of(partition_key: str) -> str:
@@ -81,14 +89,18 @@ def load_requests(home: OrfeasHome, keys: list[str]) -> tuple[list[GenerationReq
     return requests, failures
 
 
-def deliver(home: OrfeasHome, request: GenerationRequest, result: GenerationResult) -> Delivery:
-    """Write the job's formats and a preview for a valid mesh; classify anything else.
+def prepare(home: OrfeasHome, request: GenerationRequest, result: GenerationResult) -> Delivery:
+    """All of a delivery but its last step, so it can run before the blocking check has
+    judged the window: validates the mesh, writes the job's formats and the preview into
+    hidden temp files beside their final names, and draws the pictures. `publish` renames
+    the files into place; `discard` removes them. Anything not deliverable is classified.
 
     Either way the outcome carries the pictures a person needs to judge it: the input, the
     mask over it and, when there is one, the mesh.
     """
-    from orfeas_pipelines.lib.export import export_mesh, render_preview
+    from orfeas_pipelines.lib.export import encode_mesh
     from orfeas_pipelines.lib.meshes import inspect_mesh
+    from orfeas_pipelines.lib.preview import png_bytes, render_preview_rgba
 
     key = request.key
     job_id, stem = job_id_of(key), Path(file_of(key)).stem
@@ -106,36 +118,49 @@ def deliver(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
     metrics.update(facts)
     validated = time.perf_counter()
     manifest = job_manifest(home, job_id)
-    try:
-        files = export_mesh(result.mesh, folder, stem, manifest.output.formats, manifest.params.size_mm)
-        exported = time.perf_counter()
-        preview = render_preview(result.mesh, folder / f"{stem}.png")
-    except OSError as error:
-        return Delivery({}, metrics, quality, folder, Failure(f"{key}: cannot write files ({error})", "io_error", True))
+    files = encode_mesh(result.mesh, manifest.output.formats, manifest.params.size_mm)
+    encoded = time.perf_counter()
+    preview = render_preview_rgba(result.mesh)
+    files[PREVIEW_FORMAT] = png_bytes(preview)
     previewed = time.perf_counter()
-    pictures = pictures_markdown(request.image, result.mask, preview)
-    seconds = {
+    delivery = Delivery({fmt: f"{stem}.{fmt}" for fmt in files if fmt != PREVIEW_FORMAT}, metrics, quality, folder)
+    try:
+        for fmt, data in files.items():
+            final = folder / f"{stem}.{fmt}"
+            delivery.staged[write_staged(final, data)] = final
+    except OSError as error:
+        discard(delivery)
+        return Delivery({}, metrics, quality, folder, Failure(f"{key}: cannot write files ({error})", "io_error", True))
+    staged = time.perf_counter()
+    delivery.pictures = pictures_markdown(request.image, result.mask, preview)
+    delivery.seconds = {
         "validate": validated - started,
-        "export": exported - validated,
-        "preview": previewed - exported,
-        "pictures": time.perf_counter() - previewed,
+        "export": encoded - validated + staged - previewed,
+        "preview": previewed - encoded,
+        "pictures": time.perf_counter() - staged,
     }
-    outputs = {fmt: path.name for fmt, path in files.items()}
-    return Delivery(outputs, metrics, quality, folder, seconds=seconds, pictures=pictures)
+    return delivery
 
 
-def deliver_all(home: OrfeasHome, requests: list[GenerationRequest], results: dict[str, GenerationResult]) -> dict[str, Delivery]:
-    """`deliver` for every generated image, on all usable CPUs: the validation, encoding and
-    rendering are numpy and zlib work that releases the GIL, so images go in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
+def publish(key: str, delivery: Delivery) -> Delivery:
+    """Rename a prepared delivery's files into place (each rename atomic); a failed rename
+    removes what is left and returns the delivery as a retryable failure."""
+    try:
+        while delivery.staged:
+            temporary, final = next(iter(delivery.staged.items()))
+            os.replace(temporary, final)
+            del delivery.staged[temporary]
+    except OSError as error:
+        discard(delivery)
+        delivery.failure = Failure(f"{key}: cannot write files ({error})", "io_error", retryable=True)
+    return delivery
 
-    from orfeas_pipelines.lib.batching import usable_cpus
 
-    if not requests:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(len(requests), usable_cpus())) as pool:
-        outcomes = pool.map(lambda request: deliver(home, request, results[request.key]), requests)
-        return {request.key: outcome for request, outcome in zip(requests, outcomes)}
+def discard(delivery: Delivery) -> None:
+    """Remove a prepared delivery's temp files (the blocking check failed, or a write did)."""
+    for temporary in delivery.staged:
+        temporary.unlink(missing_ok=True)
+    delivery.staged.clear()
 
 
 def pictures_markdown(image, mask, preview=None) -> str:

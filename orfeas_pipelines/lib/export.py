@@ -1,4 +1,4 @@
-"""Writing meshes to the contract's file formats, and the preview picture of each.
+"""Writing meshes to the contract's file formats.
 
 GLB, OBJ and PLY keep the unit frame (centred, largest side 1, a metre in glTF); STL is in
 millimetres with its largest side `size_mm`, as slicers read it. GLB is written here rather
@@ -22,7 +22,6 @@ import trimesh
 
 from orfeas_pipelines.lib.home import write_bytes_atomic
 from orfeas_pipelines.lib.meshes import face_cross
-from orfeas_pipelines.lib.preview import PREVIEW_SIZE, png_bytes, render_preview_rgba
 
 MESH_FORMATS = ("stl", "glb", "obj", "ply")
 DEFAULT_SIZE_MM = 100.0
@@ -42,31 +41,29 @@ def export_mesh(
     written in the mesh's own (unit) frame. Formats, stem and size are all checked before
     anything is written.
     """
+    if not stem or Path(stem).name != stem or stem in (".", ".."):
+        raise ValueError(f"file stem {stem!r} must be a plain file name without folders")
+    encoded = encode_mesh(mesh, formats, size_mm)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for fmt, data in encoded.items():
+        written[fmt] = out_dir / f"{stem}.{fmt}"
+        write_bytes_atomic(written[fmt], data)
+    return written
+
+
+def encode_mesh(mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = DEFAULT_SIZE_MM) -> dict[str, bytes]:
+    """Each format's file contents, {format: bytes}, as `export_mesh` writes them."""
     formats = list(dict.fromkeys(formats))
     unknown = [fmt for fmt in formats if fmt not in MESH_FORMATS]
     if unknown:
         raise ValueError(f"unknown mesh format {unknown[0]!r}: choose from {', '.join(MESH_FORMATS)}")
-    if not stem or Path(stem).name != stem or stem in (".", ".."):
-        raise ValueError(f"file stem {stem!r} must be a plain file name without folders")
     if isinstance(size_mm, bool) or not isinstance(size_mm, numbers.Real) or not math.isfinite(size_mm) or size_mm <= 0:
         raise ValueError(f"size_mm {size_mm!r} must be a positive number of millimetres")
     if len(mesh.faces) == 0:
         raise ValueError("cannot export an empty mesh")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for fmt in formats:
-        path = out_dir / f"{stem}.{fmt}"
-        write_bytes_atomic(path, _encoded(mesh, fmt, float(size_mm)))
-        written[fmt] = path
-    return written
-
-
-def render_preview(mesh: trimesh.Trimesh, path: Path, size: int = PREVIEW_SIZE) -> np.ndarray:
-    """Write the three-quarter view to `path` as PNG; returns its RGBA pixels for reuse."""
-    pixels = render_preview_rgba(mesh, size)
-    write_bytes_atomic(Path(path), png_bytes(pixels))
-    return pixels
+    return {fmt: _encoded(mesh, fmt, float(size_mm)) for fmt in formats}
 
 
 def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
@@ -161,13 +158,14 @@ def _in_millimetres(mesh: trimesh.Trimesh, size_mm: float) -> np.ndarray:
 def _stl_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
     """Binary STL. Facet normals come from the stored float32 coordinates, so a sliver face's
     normal agrees with what a reader (admesh, a slicer) recomputes from them."""
-    triangles = vertices[faces].astype(np.float64)
-    normals = face_cross(triangles)
-    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
+    corners = vertices[faces]
+    normals = face_cross(corners.astype(np.float64))
+    lengths = np.sqrt(np.einsum("ij,ij->i", normals, normals))[:, None]
     normals = np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0)
-    records = np.zeros(len(faces), dtype=[("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
+    records = np.empty(len(faces), dtype=[("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
     records["normal"] = normals
-    records["corners"] = vertices[faces]
+    records["corners"] = corners
+    records["attribute"] = 0
     return b"\0" * 80 + struct.pack("<I", len(faces)) + records.tobytes()
 
 

@@ -75,6 +75,17 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None
     the start, so a secret is never readable by others), else the permissions any new file
     gets: 0666 less the process umask, 0644 under the usual 022.
     """
+    tmp = write_staged(path, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_staged(path: Path, data: bytes, mode: int | None = None) -> Path:
+    """`data` in a hidden temp file beside `path` (same folder, so `os.replace` onto `path` is
+    atomic); returns the temp file, which the caller renames or removes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -84,10 +95,10 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
             handle.write(data)
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def write_json_atomic(path: Path, payload: Any, mode: int | None = None) -> None:

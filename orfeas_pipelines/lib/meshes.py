@@ -58,16 +58,15 @@ def inspect_mesh(mesh: trimesh.Trimesh | None) -> tuple[list[str], dict[str, Any
     facts about it, from one pass over its edges.
 
     trimesh derives watertightness, the Euler number and the bodies from separately cached
-    edge groupings (about 40 ms for a 50k-face mesh); one sort of packed edge keys gives all
-    three (about 10 ms), which matters when every delivered mesh is inspected.
+    edge groupings (about 40 ms for a 50k-face mesh); one in-place sort of packed edge keys
+    gives all three (about 7 ms), which matters when every delivered mesh is inspected.
     """
     if mesh is None or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
         return ["mesh is empty"], _facts(mesh, watertight=False, components=0, euler=0)
     vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces, dtype=np.int64)
     if not np.isfinite(vertices).all():
         return ["mesh has non-finite vertex coordinates"], _facts(mesh, watertight=False, components=0, euler=0)
-    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    keys, counts = np.unique(edges[:, 0] * len(vertices) + edges[:, 1], return_counts=True)
+    keys, counts = _edge_keys(faces, len(vertices))
     watertight = bool((counts == 2).all())
     problems = []
     degenerate = int(_degenerate_faces(vertices[faces]).sum())
@@ -106,22 +105,35 @@ def _facts(mesh: trimesh.Trimesh | None, watertight: bool, components: int, eule
     }
 
 
+def _edge_keys(faces: np.ndarray, vertex_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each undirected edge once, packed as `low * vertex_count + high`, and how many faces share it.
+
+    Keys fit 32 bits below 65,536 vertices, where sorting them takes half the time.
+    """
+    dtype = np.uint32 if vertex_count < 2**16 else np.int64
+    start, end = faces.ravel().astype(dtype), faces[:, [1, 2, 0]].ravel().astype(dtype)
+    keys = np.minimum(start, end) * dtype(vertex_count) + np.maximum(start, end)
+    keys.sort()
+    firsts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[firsts], np.diff(np.r_[firsts, len(keys)])
+
+
 def _degenerate_faces(triangles: np.ndarray) -> np.ndarray:
     """Faces whose height over their longest side is below DEGENERATE_HEIGHT (collapsed or
     colinear); squared lengths keep it a few array passes."""
     a, b = triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]
-    c = b - a
-    longest = np.maximum(np.maximum(_squared(a), _squared(b)), _squared(c))
+    longest = np.maximum(np.maximum(_squared(a), _squared(b)), _squared(b - a))
     limit = DEGENERATE_HEIGHT**2
-    return (longest <= limit) | (_squared(face_cross(triangles)) <= limit * longest)
+    return (longest <= limit) | (_squared(_cross(a, b)) <= limit * longest)
 
 
 def face_cross(triangles: np.ndarray) -> np.ndarray:
-    """(F, 3) cross products (v1 - v0) x (v2 - v0): each face's normal scaled by twice its area.
+    """(F, 3) cross products (v1 - v0) x (v2 - v0): each face's normal scaled by twice its area."""
+    return _cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
 
-    Column by column, several times faster than `np.cross` on (F, 3) arrays.
-    """
-    a, b = triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise a x b for (F, 3) arrays, column by column: several times faster than `np.cross`."""
     return np.stack(
         [a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2], a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]],
         axis=1,
@@ -137,7 +149,7 @@ def _vertex_groups(edge_keys: np.ndarray, vertex_count: int) -> int:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    rows, columns = np.divmod(edge_keys, vertex_count)
+    rows, columns = np.divmod(edge_keys.astype(np.int64), vertex_count)
     graph = coo_matrix((np.ones(len(edge_keys), dtype=np.int8), (rows, columns)), shape=(vertex_count, vertex_count))
     return int(connected_components(graph, directed=False)[0])
 

@@ -362,13 +362,13 @@ def png_bytes(rgba: np.ndarray) -> bytes:
 
 
 def _palette_png(image: np.ndarray) -> bytes:
-    """The smallest PNG: a 256-colour palette (with alpha when the picture has it)."""
+    """A small PNG: a 256-colour palette (with alpha when the picture has it). The fast octree
+    without the optimising pass costs about 0.5 ms for a 128-pixel picture, a sixth of median
+    cut with it, for files about 5% larger."""
     from PIL import Image
 
-    picture = Image.fromarray(image)
-    method = Image.Quantize.FASTOCTREE if picture.mode == "RGBA" else Image.Quantize.MEDIANCUT
     buffer = io.BytesIO()
-    picture.quantize(256, method=method).save(buffer, format="PNG", optimize=True)
+    Image.fromarray(image).quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

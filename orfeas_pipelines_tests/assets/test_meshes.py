@@ -129,6 +129,8 @@ def test_blocking_check_fails_a_batch_sensitive_generator_and_delivers_nothing(h
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == BATCH_CHECK]
     assert not check.passed and check.metadata["chamfer"].value > 0.01
     assert not instance.get_materialized_partitions(MESH), "a failed blocking check stops delivery"
+    left = [path for path in home.outbox.rglob("*") if path.is_file() and path.name not in ("status.json", ".status.lock")]
+    assert left == [], "files prepared before the check judged the window are removed, temp files included"
     run = instance.get_run_by_id(result.run_id)
     settle_run(instance, run, home, keys)
     for job_id in job_ids:
@@ -155,10 +157,10 @@ def test_the_check_passes_a_correct_generator_without_regenerating_a_small_run(h
         return original(self, requests)
 
     monkeypatch.setattr(InflateGenerator, "generate", generate_and_record)
-    result = run_range(instance, keys, run_config={"ops": {"mesh": {"config": {"images_in_memory": 3}}}})
+    result = run_range(instance, keys, run_config={"ops": {"mesh": {"config": {"images_in_memory": 6}}}})
 
     assert result.success
-    assert held == [3, 1, 1], "window of 3 and its one-image re-check; a window of one needs no re-check"
+    assert held == [2, 1, 2], "two windows of two; one image of the run re-generated alone, in the first"
     assert instance.get_materialized_partitions(MESH) == set(keys)
 
 
@@ -191,22 +193,24 @@ def test_an_image_a_retry_can_fix_fails_the_run_and_the_drain_delivers_it(home, 
 
 
 def test_out_of_memory_halves_the_batch_inside_a_run(home, agent, instance, image_files, monkeypatch):
-    submit_images(home, agent, image_files)
+    submit_images(home, agent, image_files * 3)
     keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
     original = InflateGenerator.generate
-    sizes = []
+    sizes, refused = [], []
 
-    def generate_fitting_two(self, requests):
-        if len(requests) > 2:
+    def generate_one_at_a_time(self, requests):
+        if len(requests) > 1:
+            refused.append(len(requests))
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         sizes.append(len(requests))
         return original(self, requests)
 
-    monkeypatch.setattr(InflateGenerator, "generate", generate_fitting_two)
+    monkeypatch.setattr(InflateGenerator, "generate", generate_one_at_a_time)
     result = run_range(instance, keys, batch_size=4)
 
     assert result.success
-    assert sizes[:2] == [2, 2]
+    assert refused == [4, 2], "halved from the batch that ran out of memory; the later windows remember it"
+    assert sizes == [1] * 12
     assert instance.get_materialized_partitions(MESH) == set(keys)
 
 

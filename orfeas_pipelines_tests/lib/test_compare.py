@@ -79,6 +79,12 @@ def test_recheck_sample_spreads_over_batches_and_positions():
     assert len(set(recheck_sample(batches, 40))) == 32
 
 
+def test_successive_windows_sample_successive_positions():
+    batches = [[f"{window}/{position}" for position in range(8)] for window in range(3)]
+    picks = [recheck_sample([batch], 1, rotation=window)[0] for window, batch in enumerate(batches)]
+    assert picks == ["0/0", "1/1", "2/2"]
+
+
 def test_recheck_sample_skips_batches_of_one_and_tiny_windows():
     assert recheck_sample([["alone"]], 4) == []
     assert recheck_sample([["a"], ["b", "c"]], 1) == ["b"]

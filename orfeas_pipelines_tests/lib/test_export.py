@@ -12,7 +12,7 @@ import trimesh
 from PIL import Image
 
 from orfeas_pipelines.lib.batching import generate_in_batches
-from orfeas_pipelines.lib.export import MESH_FORMATS, export_mesh, glb_bytes, render_preview, srgb_to_linear
+from orfeas_pipelines.lib.export import MESH_FORMATS, export_mesh, glb_bytes, srgb_to_linear
 from orfeas_pipelines.lib.generation.base import GenerationRequest, create_generator
 from orfeas_pipelines.lib.images import load_image
 from orfeas_pipelines.lib.samples import sample_image_paths
@@ -247,27 +247,10 @@ def test_no_temporary_files_are_left_behind(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"ball.{fmt}" for fmt in MESH_FORMATS)
 
 
-def test_meshes_and_previews_honour_the_umask(tmp_path):
+def test_meshes_honour_the_umask(tmp_path):
     previous = os.umask(0o027)
     try:
         written = export_mesh(two_coloured_sphere(), tmp_path, "ball", MESH_FORMATS)
-        render_preview(two_coloured_sphere(), tmp_path / "ball.png")
     finally:
         os.umask(previous)
-    assert {path.stat().st_mode & 0o777 for path in [*written.values(), tmp_path / "ball.png"]} == {0o640}
-
-
-def test_render_preview_writes_the_three_quarter_view(tmp_path):
-    pixels = render_preview(two_coloured_sphere(), tmp_path / "ball.png", size=64)
-    picture = np.asarray(Image.open(tmp_path / "ball.png"))
-    assert np.array_equal(picture, pixels)
-    assert picture.shape == (64, 64, 4)
-    assert picture[0, 0, 3] == 0 and picture[32, 32, 3] == 255
-    left, right = picture[32, 12, :3].astype(int), picture[32, 52, :3].astype(int)
-    assert left[0] > left[2] and right[2] > right[0]
-
-
-def test_preview_of_an_empty_mesh_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="empty"):
-        render_preview(trimesh.Trimesh(), tmp_path / "none.png")
-    assert list(tmp_path.iterdir()) == []
+    assert {path.stat().st_mode & 0o777 for path in written.values()} == {0o640}

@@ -1,0 +1,107 @@
+"""Dagster's SQLite event log, with its database connections kept open between events.
+
+`SqliteEventLogStorage` builds a new SQLAlchemy engine, opens a new SQLite connection and
+recompiles every statement for each group of statements it runs: about 5 ms of an event's
+7.5 ms here, paid two to four times per image in a range run (its materialization, its check
+evaluations) and once per image at intake (`source_image`). This subclass keeps one engine
+for the index shard and for the last few run shards, so the same events cost about 2 ms.
+
+It is a drop-in: the same files (`history/runs/<run_id>.db` and `index.db`), schema, locking
+and durability (WAL, SQLite's default synchronous mode), so processes using it and processes
+using Dagster's own class (an older home's webserver, a tool) share one event log. Postgres
+(`deploy/dagster.yaml`) replaces all of this in a deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator
+
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import QueuePool
+
+OPEN_RUN_SHARDS = 8
+"""Run shards whose engine stays open; a run writes to one, the webserver reads a few."""
+
+_ALL_STORAGES: "weakref.WeakSet[PooledSqliteEventLogStorage]" = weakref.WeakSet()
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """SQLite event storage that reuses one engine (and its connection) per shard."""
+
+    def __init__(self, base_dir: str, inst_data=None):
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        super().__init__(base_dir, inst_data=inst_data)
+        _ALL_STORAGES.add(self)
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value) -> "PooledSqliteEventLogStorage":
+        return cls(inst_data=inst_data, **config_value)
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        # As in the parent: one statement group at a time per storage (`_db_lock`), each in
+        # its own transaction, committed when the block ends.
+        with self._db_lock:
+            engine = self._engine(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def _engine(self, shard: str) -> Engine:
+        engine = self._engines.get(shard)
+        if engine is not None:
+            self._engines.move_to_end(shard)
+            return engine
+        engine = create_engine(
+            self.conn_string_for_shard(shard),
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=4,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+        )
+        if shard not in self._initialized_dbs:
+            self._initdb(engine)
+            self._initialized_dbs.add(shard)
+        self._engines[shard] = engine
+        run_shards = [name for name in self._engines if name != "index"]
+        for name in run_shards[: max(0, len(run_shards) - OPEN_RUN_SHARDS)]:
+            self._engines.pop(name).dispose()
+        return engine
+
+    def _close_engines(self, close: bool = True) -> None:
+        while self._engines:
+            self._engines.popitem()[1].dispose(close=close)
+
+    def wipe(self) -> None:
+        with self._db_lock:
+            self._close_engines()
+        super().wipe()
+
+    def delete_events(self, run_id: str) -> None:
+        super().delete_events(run_id)
+        with self._db_lock:
+            engine = self._engines.pop(run_id, None)
+            if engine is not None:
+                engine.dispose()
+
+    def dispose(self) -> None:
+        with self._db_lock:
+            self._close_engines()
+        super().dispose()
+
+
+def _forget_connections_in_child() -> None:
+    """A forked child must not use its parent's SQLite connections (SQLAlchemy's advice)."""
+    for storage in list(_ALL_STORAGES):
+        storage._close_engines(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_connections_in_child)

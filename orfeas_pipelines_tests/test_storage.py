@@ -1,0 +1,45 @@
+"""The home's event log: Dagster's SQLite files, written with connections kept open."""
+
+import dagster as dg
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+from orfeas_pipelines import storage
+from orfeas_pipelines.runner import install_instance_config, open_instance, process_once
+from orfeas_pipelines.storage import PooledSqliteEventLogStorage
+from orfeas_pipelines_tests.conftest import submit_images
+
+
+def test_a_home_instance_uses_the_pooled_event_log_and_dagster_reads_its_files(home, agent, image_files):
+    config = install_instance_config(home)
+    assert str(home.dagster_home.resolve()) in config.read_text()
+    submit_images(home, agent, image_files[:2])
+    report = process_once(home)
+    with open_instance(home) as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        delivered = instance.get_materialized_partitions(dg.AssetKey("mesh"))
+    assert len(delivered) == 2 and len(report.run_ids) == 1
+
+    plain = SqliteEventLogStorage(str(home.dagster_home / "history" / "runs"))
+    assert {record.partition_key for record in plain.fetch_materializations(dg.AssetKey("mesh"), limit=10).records} == delivered
+    assert len(plain.get_records_for_run(report.run_ids[0]).records) > 0
+
+
+def test_an_existing_instance_config_is_kept(home):
+    config = home.dagster_home / "dagster.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("telemetry:\n  enabled: false\n")
+    install_instance_config(home)
+    assert config.read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_only_a_few_run_shards_stay_open_and_a_deleted_run_closes_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "OPEN_RUN_SHARDS", 2)
+    events = PooledSqliteEventLogStorage(str(tmp_path))
+    for run_id in ("a", "b", "c"):
+        with events.run_connection(run_id) as conn:
+            conn.exec_driver_sql("select 1")
+    assert [name for name in events._engines if name != "index"] == ["b", "c"]
+    events.delete_events("c")
+    assert "c" not in events._engines
+    events.dispose()
+    assert not events._engines
