@@ -132,7 +132,7 @@ def test_bench_without_a_suite_runs_every_suite_with_its_defaults(monkeypatch, c
     options = dict(called)
     assert options["intake"] == {"drops": 10_000} and options["runs"] == {"jobs": 32, "resolution": 64}
     assert [options for name, options in called if name == "pipeline"] == [
-        {"images": 32, "resolution": 128}, {"images": 256, "resolution": 128}
+        {"images": 32, "resolution": 128, "repeats": 3}, {"images": 256, "resolution": 128, "repeats": 3}
     ]
     assert [line for line in out.splitlines() if line.startswith("# orfeas bench")] == [
         f"# orfeas bench {suite}" for suite in BENCH_SUITES
@@ -217,3 +217,15 @@ def test_process_on_a_full_disk_is_one_line_and_the_next_process_finishes(home, 
     monkeypatch.undo()
     assert main(["process", "--home", str(home.root)]) == 0
     assert main(["status", job_id, "--home", str(home.root)]) == 0
+
+
+def test_init_creates_the_home_and_its_instance_config_once(tmp_path, capsys):
+    root = tmp_path / "fresh"
+    assert main(["init", "--home", str(root)]) == 0
+    config = root / "dagster" / "dagster.yaml"
+    assert f"base_dir: {(root / 'dagster').resolve()}/history/runs" in config.read_text()
+    assert (root / "inbox").is_dir() and (root / "outbox").is_dir()
+    assert capsys.readouterr().out.strip() == f"{root}: DAGSTER_HOME={root / 'dagster'}"
+    config.write_text(config.read_text() + "# edited by hand\n")
+    assert main(["init", "--home", str(root)]) == 0
+    assert config.read_text().endswith("# edited by hand\n")
