@@ -1,4 +1,5 @@
-"""The main job against a real Postgres: inbox drop, one intake tick, the range run, the outbox."""
+"""The main job against a real Postgres: inbox drop, one intake tick, the range run, the outbox;
+the intake ledger in the same Postgres."""
 
 import pytest
 
@@ -23,3 +24,6 @@ def test_main_job_on_postgres_delivers_and_stores_the_run_and_its_events(deploye
     assert {"PIPELINE_START", "ASSET_MATERIALIZATION", "ASSET_CHECK_EVALUATION", "PIPELINE_SUCCESS"} <= events
     partitions = query(postgres_url, "SELECT count(*) FROM dynamic_partitions WHERE partitions_def_name = 'images'")
     assert partitions == [(2,)]
+    logged = query(postgres_url, "SELECT job_id, count(*) FROM orfeas_intake.images GROUP BY job_id")
+    assert sorted(logged) == sorted((job_id, 1) for job_id in job_ids)
+    assert not (deployed_home.state / "intake.sqlite").exists()
