@@ -14,6 +14,8 @@
 - A journal of decided but not yet applied intake decisions (`pending`): each decision and
   its audit line commit together, before any file moves, and a later tick finishes what a
   crashed or disk-full tick left (moves, reason.json, status, image log).
+- The archive of retired image partitions (`retired`): what each image of a long-settled job
+  ended as, written before its partition leaves Dagster (lib/retire.py).
 
 Where it lives: `open_ledger(home)` is the one way to open it. By default it is SQLite at
 `state/intake.sqlite`, for one machine. When the API server and the sensor run on different
@@ -71,7 +73,13 @@ CREATE TABLE IF NOT EXISTS pending (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, audit TEXT NOT NULL,
     audited INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS retired (
+    partition_key TEXT PRIMARY KEY, job_id TEXT NOT NULL, state TEXT NOT NULL, outputs TEXT NOT NULL,
+    settled_at TEXT NOT NULL, retired_at REAL NOT NULL
+) WITHOUT ROWID;
 """
+_NEWEST_TABLE = "retired"
+"""A Postgres ledger that has this table has the whole schema."""
 _IMAGE_FACTS = (("sha256", "TEXT"), ("bytes", "INTEGER"), ("width", "INTEGER"), ("height", "INTEGER"))
 
 
@@ -102,6 +110,18 @@ class LedgerImage:
     bytes: int | None = None
     width: int | None = None
     height: int | None = None
+
+
+@dataclass(frozen=True)
+class RetiredImage:
+    """The archive record of an image whose partition left Dagster: its state and outputs as
+    its job's status.json had them when the job settled (`settled_at`, the status's time)."""
+
+    partition_key: str
+    job_id: str
+    state: str
+    outputs: dict
+    settled_at: str
 
 
 @dataclass(frozen=True)
@@ -376,6 +396,20 @@ class IntakeLedger:
     def finish_pending(self, seqs: Sequence[int]) -> None:
         self._db.executemany("DELETE FROM pending WHERE seq = ?", [(seq,) for seq in seqs])
 
+    def archive_retired(self, images: Sequence[RetiredImage], at: float) -> None:
+        """Record images whose partitions are about to be retired (idempotent: the first record stays)."""
+        self._db.executemany(
+            "INSERT INTO retired VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [(i.partition_key, i.job_id, i.state, json.dumps(i.outputs), i.settled_at, at) for i in images],
+        )
+
+    def retired_image(self, key: str) -> RetiredImage | None:
+        """The archive record of a retired partition, or None if it was never retired."""
+        row = self._db.execute(
+            "SELECT partition_key, job_id, state, outputs, settled_at FROM retired WHERE partition_key = ?", (key,)
+        ).fetchone()
+        return None if row is None else RetiredImage(row[0], row[1], row[2], json.loads(row[3]), row[4])
+
     def _images(self, where: str, params: tuple) -> list[LedgerImage]:
         query = f"SELECT seq, partition_key, job_id, file, sha256, bytes, width, height FROM images {where}"
         return [LedgerImage(*row) for row in self._db.execute(query, params)]
@@ -459,7 +493,7 @@ class _PostgresDatabase:
 
     def _set_up(self) -> None:
         """Create the schema once; concurrent first openers wait for each other (a lock of its own)."""
-        if self.execute(f"SELECT to_regclass('{POSTGRES_SCHEMA}.pending')").fetchone()[0] is not None:
+        if self.execute(f"SELECT to_regclass('{POSTGRES_SCHEMA}.{_NEWEST_TABLE}')").fetchone()[0] is not None:
             return
         self.execute("BEGIN")
         self.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
