@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=_worker)
     retire = commands.add_parser("retire", help="archive and remove the image partitions of jobs settled long ago")
     retire.add_argument("--older-than", type=_days, default=7.0, metavar="DAYS", help="settled over DAYS days ago (default 7)")
+    retire.add_argument("--keep-at-most", type=int, metavar="N", help="also the oldest settled jobs while over N would stay")
     _home_option(retire)
     retire.set_defaults(handler=_retire)
 
@@ -354,7 +355,7 @@ def _retire(args: argparse.Namespace) -> int:
 
     home = OrfeasHome.at(args.home).ensure()
     with open_instance(home) as instance:
-        retired = retire_partitions(instance, home, timedelta(days=args.older_than))
+        retired = retire_partitions(instance, home, timedelta(days=args.older_than), keep_at_most=args.keep_at_most)
         left = len(instance.get_dynamic_partitions(images_partitions.name))
     jobs = len({image.job_id for image in retired})
     print(f"retired {len(retired)} image partitions of {jobs} jobs settled over {args.older_than:g} days ago; {left} remain")

@@ -17,9 +17,17 @@ from orfeas_pipelines.lib.intake.ledger import RetiredImage
 from orfeas_pipelines.lib.outbox import TERMINAL_JOB_STATES, read_status
 
 
-def settled_images(home: OrfeasHome, keys: list[str], settled_before: datetime) -> list[RetiredImage]:
-    """The images of `keys` whose job is terminal and last changed before `settled_before`, in
-    key order, with their archive records (one status.json read per job)."""
+def settled_images(
+    home: OrfeasHome, keys: list[str], settled_before: datetime,
+    keep_at_most: int | None = None, pressed_before: datetime | None = None,
+) -> list[RetiredImage]:
+    """The images of `keys` whose job is terminal and last changed before `settled_before`, with
+    their archive records, in key order (one status.json read per job).
+
+    While more than `keep_at_most` keys would stay, the oldest jobs terminal since before
+    `pressed_before` go too, whatever their age: keys are in registration order, so a burst of
+    images retires the oldest settled ones first instead of outgrowing Dagster's limit.
+    """
     by_job: dict[str, list[str]] = {}
     for key in keys:
         by_job.setdefault(job_id_of(key), []).append(key)
@@ -28,7 +36,9 @@ def settled_images(home: OrfeasHome, keys: list[str], settled_before: datetime) 
         status = read_status(home, job_id)
         if status is None or status["state"] not in TERMINAL_JOB_STATES:
             continue
-        if datetime.fromisoformat(status["updated_at"]) >= settled_before:
+        changed = datetime.fromisoformat(status["updated_at"])
+        crowded = keep_at_most is not None and pressed_before is not None and len(keys) - len(settled) > keep_at_most
+        if not (changed < settled_before or (crowded and changed < pressed_before)):
             continue
         images = {image["file"]: image for image in status.get("images", [])}
         for key in job_keys:

@@ -87,6 +87,8 @@ def test_orfeas_retire_reports_what_it_retired_and_refuses_a_non_positive_age(ho
 
     assert main(["retire", "--older-than", "2", "--home", str(home.root)]) == 0
     assert capsys.readouterr().out == "retired 1 image partitions of 1 jobs settled over 2 days ago; 1 remain\n"
+    assert main(["retire", "--keep-at-most", "0", "--home", str(home.root)]) == 0
+    assert capsys.readouterr().out.endswith("; 1 remain\n"), "a job settled within the hour stays"
     with pytest.raises(SystemExit):
         main(["retire", "--older-than", "0", "--home", str(home.root)])
     assert "'0' must be a positive number of days" in capsys.readouterr().err

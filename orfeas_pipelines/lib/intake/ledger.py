@@ -170,7 +170,11 @@ def open_ledger(home: OrfeasHome) -> "IntakeLedger":
 def ledger_exists(home: OrfeasHome) -> bool:
     """False only for a SQLite ledger not created yet (a reader then has nothing to read)."""
     location = ledger_location(home)
-    return isinstance(location, str) or location.exists()
+    return _is_postgres(location) or Path(location).exists()
+
+
+def _is_postgres(location: Path | str) -> bool:
+    return isinstance(location, str) and location.startswith(POSTGRES_URL_PREFIXES)
 
 
 class IntakeLedger:
@@ -181,7 +185,7 @@ class IntakeLedger:
 
     def __init__(self, location: Path | str):
         self.location = location
-        self._db = _PostgresDatabase(location) if isinstance(location, str) else _SqliteDatabase(Path(location))
+        self._db = _PostgresDatabase(location) if _is_postgres(location) else _SqliteDatabase(Path(location))
         self._in_transaction = False
 
     def close(self) -> None:
