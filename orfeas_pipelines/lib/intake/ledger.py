@@ -514,32 +514,31 @@ class _PostgresDatabase:
     def execute(self, sql: str, params: Sequence = ()):
         if sql in ("COMMIT", "ROLLBACK"):
             self._in_transaction = False
-        try:
-            return self._run(lambda cursor: cursor.execute(sql.replace("?", "%s"), params))
-        except self._psycopg2.Error as error:
-            raise LedgerDatabaseError(f"intake ledger: {str(error).strip()}") from error
+        return self._run(lambda cursor: cursor.execute(sql.replace("?", "%s"), params))
 
     def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
         from psycopg2.extras import execute_batch
 
-        try:
-            self._run(lambda cursor: execute_batch(cursor, sql.replace("?", "%s"), rows))
-        except self._psycopg2.Error as error:
-            raise LedgerDatabaseError(f"intake ledger: {str(error).strip()}") from error
+        self._run(lambda cursor: execute_batch(cursor, sql.replace("?", "%s"), rows))
 
     def _run(self, statement):
-        if self._db.closed and not self._in_transaction:
-            self._connect()
-        cursor = self._db.cursor()
+        """Run `statement(cursor)`, reconnecting once if the connection is gone outside a
+        transaction; a database error is a LedgerDatabaseError."""
         try:
-            statement(cursor)
-        except self._psycopg2.OperationalError:
-            if not self._db.closed or self._in_transaction:
-                raise
-            self._connect()
+            if self._db.closed and not self._in_transaction:
+                self._connect()
             cursor = self._db.cursor()
-            statement(cursor)
-        return cursor
+            try:
+                statement(cursor)
+            except self._psycopg2.OperationalError:
+                if not self._db.closed or self._in_transaction:
+                    raise
+                self._connect()
+                cursor = self._db.cursor()
+                statement(cursor)
+            return cursor
+        except self._psycopg2.Error as error:
+            raise LedgerDatabaseError(f"intake ledger: {str(error).strip()}") from error
 
     def close(self) -> None:
         self._db.close()

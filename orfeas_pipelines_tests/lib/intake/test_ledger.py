@@ -89,6 +89,18 @@ def test_a_failed_transaction_leaves_nothing(location):
         assert not ledger.job_seen("job-1") and ledger.last_seq() == 0
 
 
+def test_a_database_error_is_a_sqlite3_error_on_both_and_the_ledger_stays_usable(location):
+    """Intake tells the ledger's trouble from an entry's by `sqlite3.Error`, whatever the backend."""
+    with IntakeLedger(location) as ledger:
+        with pytest.raises(sqlite3.Error), ledger.transaction():
+            ledger.record_accepted(job("job-1"), "n1", 100.0)
+            ledger.record_accepted(job("job-1"), "n2", 100.0)
+        assert not ledger.job_seen("job-1")
+        with ledger.transaction():
+            ledger.record_accepted(job("job-1"), "n1", 100.0)
+        assert ledger.job_seen("job-1")
+
+
 def test_deferral_keeps_the_first_time_until_the_manifest_changes(location):
     with IntakeLedger(location) as ledger:
         assert ledger.deferred_since("entry", "digest-1") is None and not ledger.has_deferrals()
