@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--gpu", help="the device it serves, as CUDA_VISIBLE_DEVICES (default: inherited)")
     _home_option(worker)
     worker.set_defaults(handler=_worker)
+    retire = commands.add_parser("retire", help="archive and remove the image partitions of jobs settled long ago")
+    retire.add_argument("--older-than", type=_days, default=7.0, metavar="DAYS", help="settled over DAYS days ago (default 7)")
+    retire.add_argument("--keep-at-most", type=int, metavar="N", help="also the oldest settled jobs while over N would stay")
+    _home_option(retire)
+    retire.set_defaults(handler=_retire)
 
     bench = commands.add_parser("bench", help="benchmarks; ratios measured side by side in one run")
     bench.set_defaults(handler=_bench_all)
@@ -167,6 +172,16 @@ def _networks(text: str) -> tuple[str, ...]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{network!r} is not an address or CIDR network") from None
     return networks
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not days > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of days")
+    return days
 
 
 def _ints(text: str) -> list[int]:
@@ -341,6 +356,22 @@ def _worker(args: argparse.Namespace) -> int:
     os.environ["ORFEAS_HOME"] = str(home.root)
     os.environ.setdefault("DAGSTER_HOME", str(home.dagster_home))
     run_worker(name=args.name, gpu=args.gpu)
+    return 0
+
+
+def _retire(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from orfeas_pipelines.partitions import images_partitions
+    from orfeas_pipelines.runner import open_instance
+    from orfeas_pipelines.schedules.retire import retire_partitions
+
+    home = OrfeasHome.at(args.home).ensure()
+    with open_instance(home) as instance:
+        retired = retire_partitions(instance, home, timedelta(days=args.older_than), keep_at_most=args.keep_at_most)
+        left = len(instance.get_dynamic_partitions(images_partitions.name))
+    jobs = len({image.job_id for image in retired})
+    print(f"retired {len(retired)} image partitions of {jobs} jobs settled over {args.older_than:g} days ago; {left} remain")
     return 0
 
 

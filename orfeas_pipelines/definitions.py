@@ -1,4 +1,4 @@
-"""The code location: assets, checks, the job, sensors, the drain schedule and resources.
+"""The code location: assets, checks, the job, sensors, the drain and retire schedules, resources.
 
 Loading this module must stay as cheap as `import dagster`: torch, the generators and
 the model load inside the resource when a run starts.
@@ -12,6 +12,7 @@ from orfeas_pipelines.jobs import mesh_job
 from orfeas_pipelines.resources.home import OrfeasHomeResource
 from orfeas_pipelines.resources.inference import MeshGeneratorResource
 from orfeas_pipelines.schedules.nightly import nightly_drain
+from orfeas_pipelines.schedules.retire import retire_settled_partitions
 from orfeas_pipelines.sensors.intake import IntakeSettings, inbox_sensor
 from orfeas_pipelines.sensors.status import job_status_sensor
 
@@ -29,7 +30,7 @@ defs = dg.Definitions(
             description="Refreshes mesh_quality_report after runs deliver meshes.",
         ),
     ],
-    schedules=[nightly_drain],
+    schedules=[nightly_drain, retire_settled_partitions],
     # A run is one step: one process per run, and the model loads once per run.
     executor=dg.in_process_executor,
     resources={

@@ -41,5 +41,7 @@ def test_sensors_and_schedule_are_described_and_running_by_default():
     sensors = {sensor.name: sensor for sensor in defs.sensors}
     assert set(sensors) == {"inbox_sensor", "job_status_sensor", "report_refresh_sensor"}
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.description for sensor in sensors.values())
-    [schedule] = defs.schedules
-    assert schedule.cron_schedule == "0 2 * * *" and schedule.description
+    schedules = {schedule.name: schedule for schedule in defs.schedules}
+    assert set(schedules) == {"nightly_drain", "retire_settled_partitions"}
+    assert schedules["nightly_drain"].cron_schedule == "0 2 * * *"
+    assert all(schedule.description for schedule in schedules.values())

@@ -39,7 +39,7 @@ from orfeas_pipelines.api.upload import multipart_boundary, receive_upload
 from orfeas_pipelines.lib.home import OrfeasHome
 from orfeas_pipelines.lib.intake.audit import append_audit, audit_record
 from orfeas_pipelines.lib.intake.inbox import RATE_WINDOW_SECONDS, process_inbox
-from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+from orfeas_pipelines.lib.intake.ledger import IntakeLedger, open_ledger
 from orfeas_pipelines.lib.intake.manifest import MAX_MANIFEST_BYTES, IntakeError, is_valid_id, parse_manifest
 from orfeas_pipelines.lib.intake.registry import AgentPolicy, AgentRegistry
 from orfeas_pipelines.lib.intake.requests import (
@@ -146,8 +146,7 @@ class OrfeasApi:
     def __init__(self, home: OrfeasHome, settings: ApiSettings):
         self.home = home.ensure()
         self.settings = settings
-        self.ledger_path = home.state / "intake.sqlite"
-        IntakeLedger(self.ledger_path).close()
+        open_ledger(home).close()
         self.tracker = JobTracker(home)
         self.watcher = StatusWatcher(home, self.describe, settings.watch_interval_seconds)
         self.nonces: NonceBook | None = None
@@ -176,7 +175,7 @@ class OrfeasApi:
         """This worker thread's own ledger connection (sqlite connections stay in their thread)."""
         ledger = getattr(self._local, "ledger", None)
         if ledger is None:
-            ledger = self._local.ledger = IntakeLedger(self.ledger_path)
+            ledger = self._local.ledger = open_ledger(self.home)
         return ledger
 
     def authenticate(self, headers, client: str, method: str, target: str, body_sha256: str) -> AgentPolicy:
@@ -281,7 +280,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        api.nonces = NonceBook(api.ledger_path)
+        api.nonces = NonceBook(api.home)
         watcher = asyncio.create_task(api.watcher.run())
         try:
             yield

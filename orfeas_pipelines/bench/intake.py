@@ -21,7 +21,7 @@ from pathlib import Path
 
 from orfeas_pipelines.lib.home import OrfeasHome
 from orfeas_pipelines.lib.intake.inbox import process_inbox
-from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+from orfeas_pipelines.lib.intake.ledger import IntakeLedger, open_ledger
 from orfeas_pipelines.lib.intake.registry import AgentRegistry, create_agent
 from orfeas_pipelines.lib.intake.submit import write_job
 from orfeas_pipelines.lib.intake.verify import ImageLimits, read_manifest, verify_job
@@ -42,7 +42,7 @@ def bench_intake(drops: int = 10_000, tmp_dir: str | Path | None = None) -> dict
         write_seconds = time.perf_counter() - started
 
         registry = AgentRegistry.load(home.agents_file)
-        with IntakeLedger(home.state / "intake.sqlite") as ledger:
+        with open_ledger(home) as ledger:
             checks_seconds = _time_checks_only(home, registry, ledger)
             started = time.perf_counter()
             tick = process_inbox(home, registry, ledger, datetime.now(timezone.utc), max_jobs=TICK_MAX_JOBS)

@@ -28,7 +28,10 @@ def deployment_env(home: OrfeasHome, postgres_url: str, redis_url: str) -> dict[
     SQLAlchemy 2.1 reads a bare `postgresql://` as the psycopg 3 driver; dagster-postgres ships
     psycopg2, so the storage URL names that driver. Runs are created in the daemon and the
     webserver, which then write one planned event per range run instead of one per image.
+    The intake ledger lives in the same Postgres, so the sensor, the API server and the runs
+    share it from any machine.
     """
+    from orfeas_pipelines.lib.intake.ledger import LEDGER_URL_ENV
     from orfeas_pipelines.runner import ONE_PLANNED_EVENT_PER_RUN
 
     return {
@@ -37,4 +40,5 @@ def deployment_env(home: OrfeasHome, postgres_url: str, redis_url: str) -> dict[
         "DAGSTER_HOME": str(home.dagster_home),
         "ORFEAS_POSTGRES_URL": postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1),
         "ORFEAS_REDIS_URL": redis_url,
+        LEDGER_URL_ENV: postgres_url,
     }

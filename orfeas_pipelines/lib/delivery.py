@@ -70,10 +70,10 @@ def load_requests(home: OrfeasHome, keys: list[str]) -> tuple[list[GenerationReq
     from orfeas_pipelines.lib.generation.base import GenerationRequest
     from orfeas_pipelines.lib.images import ImageError
     from orfeas_pipelines.lib.intake.accepted import load_accepted_image
-    from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+    from orfeas_pipelines.lib.intake.ledger import open_ledger
 
     requests, failures = [], {}
-    with IntakeLedger(home.state / "intake.sqlite") as ledger:
+    with open_ledger(home) as ledger:
         for key in keys:
             try:
                 params = job_manifest(home, job_id_of(key)).params

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from orfeas_pipelines.lib import metrics
 from orfeas_pipelines.lib.home import OrfeasHome
-from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+from orfeas_pipelines.lib.intake.ledger import IntakeLedger, ledger_exists, open_ledger
 from orfeas_pipelines.lib.outbox import TERMINAL_IMAGE_STATES, read_status, status_path
 
 _TERMINAL_JOB_STATES = ("succeeded", "failed", "rejected")
@@ -86,11 +86,11 @@ class JobTracker:
         return {"succeeded": int(succeeded), "failed": int(failed)}
 
     def _refresh(self) -> None:
-        if not (self.home.state / "intake.sqlite").exists():
+        if not ledger_exists(self.home):
             return
         if self._after_seq is None:
             self._after_seq = self._start_seq()
-        with IntakeLedger(self.home.state / "intake.sqlite") as ledger:
+        with open_ledger(self.home) as ledger:
             self._read_new_images(ledger)
         for job_id, job in list(self._open.items()):
             self._update(job_id, job)

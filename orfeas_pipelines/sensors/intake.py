@@ -45,12 +45,12 @@ def evaluate_intake(
     each rejection go to `log` (the tick log in the UI) and to the skip reason.
     """
     from orfeas_pipelines.lib.intake.inbox import process_inbox
-    from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+    from orfeas_pipelines.lib.intake.ledger import open_ledger
     from orfeas_pipelines.lib.intake.registry import AgentRegistry
 
     home = orfeas_home.home
     after = int(cursor or 0)
-    with IntakeLedger(home.state / "intake.sqlite") as ledger:
+    with open_ledger(home) as ledger:
         outcome = process_inbox(
             home,
             AgentRegistry.load(home.agents_file),

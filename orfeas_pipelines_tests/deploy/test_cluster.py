@@ -42,6 +42,7 @@ def test_cluster_starts_every_process_prints_its_urls_and_stops_them_all(cluster
     assert cluster.serves(state["urls"]["api"] + "/v1/health")
     env = (cluster_home.root / "cluster" / "env").read_text()
     assert "ORFEAS_POSTGRES_URL=postgresql+psycopg2://" in env and "ORFEAS_REDIS_URL=redis://" in env
+    assert "ORFEAS_LEDGER_URL=postgresql://" in env, "the API server and the sensor share the ledger in Postgres"
 
     assert cluster.main(["start", "--home", str(cluster_home.root)]) == 0, "a second start reports the running one"
     assert json.loads((cluster_home.root / "cluster" / "cluster.json").read_text()) == state

@@ -18,7 +18,7 @@ import numpy as np
 
 from orfeas_pipelines.lib.home import OrfeasHome
 from orfeas_pipelines.lib.images import ImageError, decode_image
-from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+from orfeas_pipelines.lib.intake.ledger import IntakeLedger, open_ledger
 from orfeas_pipelines.lib.intake.manifest import IntakeError, is_valid_id, parse_manifest
 from orfeas_pipelines.lib.intake.registry import AgentRegistry, RegistryError
 from orfeas_pipelines.lib.intake.signing import signature_matches
@@ -41,7 +41,7 @@ def load_accepted_image(
     if not (is_valid_id(job_id) and is_valid_id(file)):
         raise ImageError(partition_key, "not an accepted image's partition key (<job_id>/<file>)", "image_missing")
     if ledger is None:
-        with IntakeLedger(home.state / "intake.sqlite") as own:
+        with open_ledger(home) as own:
             expected = _expected_sha256(home, own, partition_key, job_id, file)
     else:
         expected = _expected_sha256(home, ledger, partition_key, job_id, file)

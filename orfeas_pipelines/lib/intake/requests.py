@@ -27,10 +27,10 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Mapping
 
-from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+from orfeas_pipelines.lib.home import OrfeasHome
+from orfeas_pipelines.lib.intake.ledger import IntakeLedger, open_ledger
 from orfeas_pipelines.lib.intake.manifest import format_timestamp, is_valid_id, parse_timestamp
 from orfeas_pipelines.lib.intake.registry import AgentPolicy, AgentRegistry
 from orfeas_pipelines.lib.intake.signing import SIGNATURE_PREFIX
@@ -147,8 +147,8 @@ class NonceBook:
     set only once its row is committed, so no moment exists where a replay gets through.
     """
 
-    def __init__(self, ledger_path: Path, flush_seconds: float = 0.1):
-        self._ledger_path = Path(ledger_path)
+    def __init__(self, home: OrfeasHome, flush_seconds: float = 0.1):
+        self._home = home
         self._flush_seconds = flush_seconds
         self._pending: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
@@ -175,11 +175,11 @@ class NonceBook:
     def _reader(self) -> IntakeLedger:
         ledger = getattr(self._local, "ledger", None)
         if ledger is None:
-            ledger = self._local.ledger = IntakeLedger(self._ledger_path)
+            ledger = self._local.ledger = open_ledger(self._home)
         return ledger
 
     def _write_loop(self) -> None:
-        with IntakeLedger(self._ledger_path) as ledger:
+        with open_ledger(self._home) as ledger:
             while True:
                 stopping = self._stopped.is_set()
                 with self._lock:

@@ -95,7 +95,7 @@ def test_the_network_allow_list(registry, address, allowed):
 
 def test_a_nonce_is_spent_once_in_the_ledger_shared_with_manifests(home):
     path = home.state / "intake.sqlite"
-    book = NonceBook(path, flush_seconds=0.01)
+    book = NonceBook(home, flush_seconds=0.01)
     try:
         book.spend("bot", "first-nonce-0000", time.time())
         with pytest.raises(RequestError) as refused:
@@ -110,7 +110,7 @@ def test_a_nonce_is_spent_once_in_the_ledger_shared_with_manifests(home):
         book.close()
     with IntakeLedger(path) as ledger:
         assert ledger.nonce_seen("bot", "first-nonce-0000") and ledger.nonce_seen("other", "first-nonce-0000")
-    restarted = NonceBook(path)
+    restarted = NonceBook(home)
     try:
         with pytest.raises(RequestError):
             restarted.spend("bot", "first-nonce-0000", time.time())
