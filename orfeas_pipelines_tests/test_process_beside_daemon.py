@@ -1,6 +1,7 @@
-"""`orfeas process` beside a real `dagster-daemon run` and its intake sensor: each image runs once."""
+"""`orfeas process` beside the daemon's intake sensor (a real `dagster-daemon run`): each image runs once."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,8 +12,11 @@ import pytest
 
 from orfeas_pipelines.deploy.cluster import service_commands, start_services, stop_services
 from orfeas_pipelines.lib import outbox
+from orfeas_pipelines.partitions import RANGE_END_TAG, RANGE_START_TAG, job_id_of
+from orfeas_pipelines.resources.home import OrfeasHomeResource
 from orfeas_pipelines.runner import ONE_PLANNED_EVENT_PER_RUN, PROCESS_TAG, open_instance
 from orfeas_pipelines.schedules.nightly import ACTIVE_RUN_STATUSES
+from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake
 from orfeas_pipelines.sensors.status import run_partition_keys
 from orfeas_pipelines_tests.conftest import submit_images
 from orfeas_pipelines_tests.test_runner import delivered_per_partition
@@ -65,6 +69,20 @@ def settled(home, instance: dg.DagsterInstance, job_ids: list[str]) -> bool:
     if instance.get_runs(dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES)):
         return False
     return all((outbox.read_status(home, job_id) or {}).get("state") == "succeeded" for job_id in job_ids)
+
+
+def test_an_evaluation_from_a_cursor_read_before_anothers_tick_requests_only_new_images(home, agent, image_files):
+    """The daemon reads its cursor, waits for the intake lock while `orfeas process` registers and
+    runs images 1-2, then evaluates from the old cursor: it must request 3-4 only, not 1-4."""
+    first_ids = submit_images(home, agent, image_files[:2])
+    process = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None, owner=f"{socket.gethostname()}:{os.getppid()}")
+    later_ids = submit_images(home, agent, image_files[2:])
+    daemon = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None)
+
+    [first_run], [later_run] = process.run_requests, daemon.run_requests
+    assert (first_run.run_key, later_run.run_key) == ("images-1-2", "images-3-4")
+    for run, job_ids in ((first_run, first_ids), (later_run, later_ids)):
+        assert [job_id_of(run.tags[RANGE_START_TAG]), job_id_of(run.tags[RANGE_END_TAG])] == job_ids
 
 
 @pytest.mark.slow
