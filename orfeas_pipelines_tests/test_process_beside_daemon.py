@@ -14,9 +14,9 @@ from orfeas_pipelines.deploy.cluster import service_commands, start_services, st
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines.partitions import RANGE_END_TAG, RANGE_START_TAG, job_id_of
 from orfeas_pipelines.resources.home import OrfeasHomeResource
-from orfeas_pipelines.runner import ONE_PLANNED_EVENT_PER_RUN, PROCESS_TAG, open_instance
-from orfeas_pipelines.schedules.nightly import ACTIVE_RUN_STATUSES
-from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake
+from orfeas_pipelines.runner import ONE_PLANNED_EVENT_PER_RUN, PROCESS_TAG, apply_sensor_result, open_instance
+from orfeas_pipelines.schedules.nightly import ACTIVE_RUN_STATUSES, drain_requests
+from orfeas_pipelines.sensors.intake import IntakeSettings, evaluate_intake, inbox_sensor
 from orfeas_pipelines.sensors.status import run_partition_keys
 from orfeas_pipelines_tests.conftest import submit_images
 from orfeas_pipelines_tests.test_runner import delivered_per_partition
@@ -75,7 +75,8 @@ def test_an_evaluation_from_a_cursor_read_before_anothers_tick_requests_only_new
     """The daemon reads its cursor, waits for the intake lock while `orfeas process` registers and
     runs images 1-2, then evaluates from the old cursor: it must request 3-4 only, not 1-4."""
     first_ids = submit_images(home, agent, image_files[:2])
-    process = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None, owner=f"{socket.gethostname()}:{os.getppid()}")
+    live_other = f"{socket.gethostname()}:{os.getppid()}"
+    process = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None, owner=live_other)
     later_ids = submit_images(home, agent, image_files[2:])
     daemon = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None)
 
@@ -83,6 +84,27 @@ def test_an_evaluation_from_a_cursor_read_before_anothers_tick_requests_only_new
     assert (first_run.run_key, later_run.run_key) == ("images-1-2", "images-3-4")
     for run, job_ids in ((first_run, first_ids), (later_run, later_ids)):
         assert [job_id_of(run.tags[RANGE_START_TAG]), job_id_of(run.tags[RANGE_END_TAG])] == job_ids
+
+
+def test_the_drain_leaves_images_another_process_is_registering_until_it_is_gone(home, agent, image_files):
+    """The daemon has added the partitions of its tick but not created their run yet when
+    `orfeas process` drains: the drain must not run them too."""
+    job_ids = submit_images(home, agent, image_files[:2])
+    daemon = subprocess.Popen(["sleep", "60"])
+    try:
+        owner = f"{socket.gethostname()}:{daemon.pid}"
+        result = evaluate_intake(OrfeasHomeResource(), IntakeSettings(), None, owner=owner)
+        with open_instance(home) as instance:
+            [request] = apply_sensor_result(instance, inbox_sensor.name, result)
+            assert drain_requests(instance, OrfeasHomeResource(), "drain") == []
+            daemon.kill()
+            daemon.wait()
+            [drain] = drain_requests(instance, OrfeasHomeResource(), "drain")
+        assert [job_id_of(drain.tags[RANGE_START_TAG]), job_id_of(drain.tags[RANGE_END_TAG])] == job_ids
+        assert request.run_key == "images-1-2"
+    finally:
+        daemon.kill()
+        daemon.wait()
 
 
 @pytest.mark.slow

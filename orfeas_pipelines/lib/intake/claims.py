@@ -14,6 +14,7 @@ same: an evaluation from a staler cursor must still skip it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -50,13 +51,9 @@ class ImageClaims:
         (before None: no bound) that no live claim of another evaluation holds; items have `.seq`."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            rows = self._db.execute("SELECT first_seq, last_seq, owner, at FROM claims ORDER BY first_seq").fetchall()
-            live = []
-            for first, last, claim_owner, at in rows:
-                if _is_void(claim_owner, at, owner, now):
-                    self._db.execute("DELETE FROM claims WHERE last_seq = ?", (last,))
-                else:
-                    live.append((first, last))
+            live = self.held_elsewhere(owner, now)
+            live_lasts = json.dumps([last for _, last in live])
+            self._db.execute("DELETE FROM claims WHERE last_seq NOT IN (SELECT value FROM json_each(?))", (live_lasts,))
             picked, after = [], cursor
             for first, last in [*live, (None, None)]:
                 if last is not None and last <= after:
@@ -74,6 +71,28 @@ class ImageClaims:
             raise
         self._db.execute("COMMIT")
         return picked
+
+
+    def held_elsewhere(self, owner: str, now: float) -> list[tuple[int, int]]:
+        """(first, last) seq ranges that live evaluations other than `owner` claimed: images they may
+        still be registering, whose run may not exist yet (a drain must leave them alone)."""
+        rows = self._db.execute("SELECT first_seq, last_seq, owner, at FROM claims ORDER BY first_seq").fetchall()
+        return [(first, last) for first, last, claim_owner, at in rows if not _is_void(claim_owner, at, owner, now)]
+
+
+def keys_claimed_elsewhere(state: Path, owner: str, now: float) -> set[str]:
+    """Partition keys of the images that live evaluations other than `owner` claimed (in the
+    home's `state/` folder), for the drain to leave alone."""
+    from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+
+    if not (state / "claims.sqlite").exists():
+        return set()
+    with ImageClaims(state / "claims.sqlite") as claims, IntakeLedger(state / "intake.sqlite") as ledger:
+        return {
+            image.partition_key
+            for first, last in claims.held_elsewhere(owner, now)
+            for image in ledger.images_after(first - 1, last - first + 1)
+        }
 
 
 def _is_void(claim_owner: str, at: float, owner: str, now: float) -> bool:
