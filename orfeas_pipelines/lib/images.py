@@ -102,7 +102,8 @@ def decode_image(
 
 @contextmanager
 def _opened(data: bytes, name: str, max_pixels: int, max_bytes: int, formats: tuple[str, ...] | None):
-    """The image with its header checked, not decoded yet, and its passes (JPEG scans, else 1).
+    """The image with its header checked, not decoded yet, and its passes (JPEG scans, else 1;
+    the larger of the exact count and the number of 0xFFDA pairs in the bytes).
 
     Decoding errors in the body (`image.load()`) become one-line ImageErrors too.
     """
@@ -131,7 +132,8 @@ def _opened(data: bytes, name: str, max_pixels: int, max_bytes: int, formats: tu
                     raise ImageError(name, "image has no pixels")
                 if image.format == "JPEG":
                     _check_jpeg_scan_pixels(scans, name, width * height)
-                yield image, max(scans, 1) if image.format == "JPEG" else 1
+                # passes for the cost estimate: an upper bound, so no crafted file can look cheaper than it is
+                yield image, max(scans, data.count(b"\xff\xda"), 1) if image.format == "JPEG" else 1
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

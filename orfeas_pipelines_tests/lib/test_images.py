@@ -84,12 +84,15 @@ def test_files_that_would_take_long_to_decode_are_refused_before_decoding(data, 
     assert error.value.code == code and time.monotonic() - started < 0.5
 
 
+def with_comment(jpeg: bytes, comment: bytes) -> bytes:
+    """The JPEG with a comment segment (COM) holding `comment` right after its start marker."""
+    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+
+
 def test_jpeg_scans_are_counted_exactly_not_guessed_from_bytes():
     """A marker-like pair inside a segment's payload (an EXIF blob, a comment) is no scan."""
     photo = encoded(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG", progressive=True)
-    comment = b"\xff\xda" * 300
-    commented = photo[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + photo[2:]
-    assert decode_image(commented, "c.jpg").shape == (64, 64, 4)
+    assert decode_image(with_comment(photo, b"\xff\xda" * 300), "c.jpg").shape == (64, 64, 4)
     with pytest.raises(ImageError, match="more than 256 scans"):
         decode_image(jpeg_with_scans(64, 300), "s.jpg")
 
@@ -108,6 +111,8 @@ def test_an_offload_decodes_only_images_over_the_in_process_cost():
     with pytest.raises(ImageError, match="too large to decode safely"):
         verify_image(png_claiming_size(40000, 40000), "bomb.png", offload=offload)
     assert calls == [1]
+    photo = encoded(Image.new("RGB", (512, 512)), "JPEG")
+    assert verify_image(with_comment(photo, b"\xff\xda" * 100), "c.jpg", offload=offload) == (-1, -1), "what looks like scans counts as cost"
 
 
 def test_ordinary_progressive_jpegs_and_chunked_pngs_still_decode():
