@@ -112,7 +112,8 @@ def test_an_offload_decodes_only_images_over_the_in_process_cost():
         verify_image(png_claiming_size(40000, 40000), "bomb.png", offload=offload)
     assert calls == [1]
     photo = encoded(Image.new("RGB", (512, 512)), "JPEG")
-    assert verify_image(with_comment(photo, b"\xff\xda" * 100), "c.jpg", offload=offload) == (-1, -1), "what looks like scans counts as cost"
+    looks_costly = with_comment(photo, b"\xff\xda" * 100)
+    assert verify_image(looks_costly, "c.jpg", offload=offload) == (-1, -1), "what looks like scans counts as cost"
 
 
 def test_ordinary_progressive_jpegs_and_chunked_pngs_still_decode():
