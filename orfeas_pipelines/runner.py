@@ -14,7 +14,6 @@
 """
 
 import os
-import socket
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -99,6 +98,7 @@ def apply_sensor_result(instance: dg.DagsterInstance, sensor_name: str, result: 
 def execute_run_request(instance: dg.DagsterInstance, request: dg.RunRequest, origin_name: str) -> dg.DagsterRun:
     """Execute one run request in this process, tagged as the daemon would tag it, and settle it."""
     from orfeas_pipelines.definitions import defs
+    from orfeas_pipelines.lib.intake.claims import this_process
     from orfeas_pipelines.resources.home import OrfeasHomeResource
     from orfeas_pipelines.sensors.status import home_of_run, run_partition_keys, settle_run
 
@@ -106,7 +106,7 @@ def execute_run_request(instance: dg.DagsterInstance, request: dg.RunRequest, or
         **request.tags,
         "dagster/run_key": request.run_key or "",
         "dagster/sensor_name": origin_name,
-        PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        PROCESS_TAG: this_process(),
     }
     outcome = defs.resolve_job_def("mesh_job").execute_in_process(
         instance=instance,
@@ -152,29 +152,18 @@ def process_once(home: OrfeasHome) -> ProcessReport:
 def _fail_orphaned_runs(instance: dg.DagsterInstance, report: ProcessReport) -> None:
     """Runs a killed `orfeas process` left started on this host are failed and settled, so the
     drain that follows picks their images up (the daemon's run monitoring does this for its runs)."""
+    from orfeas_pipelines.lib.intake.claims import is_gone
     from orfeas_pipelines.resources.home import OrfeasHomeResource
     from orfeas_pipelines.sensors.status import home_of_run, run_partition_keys, settle_run
 
-    host = socket.gethostname()
     started = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
     for run in instance.get_runs(started):
         owner = run.tags.get(PROCESS_TAG, "")
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+        if not is_gone(owner):
             continue
         instance.report_run_failed(run, f"the orfeas process {owner} running it is gone (killed?)")
         settle_run(instance, run, home_of_run(run, OrfeasHomeResource()), run_partition_keys(instance, run))
         report.failed_runs.append(run.run_id)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _execute_all(instance: dg.DagsterInstance, requests: list[dg.RunRequest], report: ProcessReport) -> None:

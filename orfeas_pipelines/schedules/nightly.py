@@ -7,6 +7,8 @@ launched) is drained. The nightly schedule runs it for the daemon; `orfeas proce
 after each intake tick, so a user without the daemon recovers too.
 """
 
+import time
+
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
@@ -30,6 +32,10 @@ def drain_keys(instance: dg.DagsterInstance, keys: list[str] | None = None) -> l
     """Image partitions, in partition order, that the drain should run (of `keys`, the image
     partitions already read, or all of them)."""
     keys = instance.get_dynamic_partitions(images_partitions.name) if keys is None else keys
+    busy = set()  # read before what is delivered: a run that ends in between counts as busy, not as undelivered
+    for run in instance.get_runs(dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES)):
+        if touches_images(instance, run):
+            busy.update(run_partition_keys(instance, run, keys))
     delivered = instance.get_materialized_partitions(MESH)
     undelivered = [key for key in keys if key not in delivered]
     if not undelivered:
@@ -40,17 +46,19 @@ def drain_keys(instance: dg.DagsterInstance, keys: list[str] | None = None) -> l
         for info in instance.event_log_storage.get_asset_check_partition_info([check], partition_keys=undelivered)
         if info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED
     }
-    busy = set()
-    for run in instance.get_runs(dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES)):
-        if touches_images(instance, run):
-            busy.update(run_partition_keys(instance, run, keys))
     return [key for key in undelivered if key not in failed and key not in busy]
 
 
 def drain_requests(instance: dg.DagsterInstance, orfeas_home: OrfeasHomeResource, run_key_prefix: str) -> list[dg.RunRequest]:
-    """One range run per contiguous stretch of drainable partitions, at most MAX_IMAGES_PER_RUN each."""
+    """One range run per contiguous stretch of drainable partitions, at most MAX_IMAGES_PER_RUN each.
+
+    Images another process's intake sensor evaluation claimed are left alone: it may be
+    registering them now, before their run exists (`lib/intake/claims`)."""
+    from orfeas_pipelines.lib.intake.claims import keys_claimed_elsewhere, this_process
+
     keys = instance.get_dynamic_partitions(images_partitions.name)
-    drainable = set(drain_keys(instance, keys))
+    registering = keys_claimed_elsewhere(orfeas_home.home, this_process(), time.time())
+    drainable = set(drain_keys(instance, keys)) - registering
     requests = []
     for stretch in _stretches(keys, drainable):
         for start in range(0, len(stretch), MAX_IMAGES_PER_RUN):

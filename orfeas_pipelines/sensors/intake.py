@@ -37,30 +37,44 @@ def evaluate_intake(
     cursor: str | None,
     now: datetime | None = None,
     log: logging.Logger | None = None,
+    owner: str | None = None,
 ) -> dg.SensorResult:
     """One tick: intake, then register the next ledger images and request their range run.
+
+    The images are claimed (`lib/intake/claims`) for this evaluation's `owner` (this process by
+    default), so the daemon's sensor and `orfeas process` never hand out the same image even
+    when one of them evaluates from a cursor the other has since moved.
 
     The registered images are reported as `source_image` materializations carrying what
     intake verified; the run carries the home in its resource config. The tick's counts and
     each rejection go to `log` (the tick log in the UI) and to the skip reason.
     """
+    from orfeas_pipelines.lib.intake.claims import ImageClaims, this_process
     from orfeas_pipelines.lib.intake.inbox import process_inbox
     from orfeas_pipelines.lib.intake.ledger import open_ledger
     from orfeas_pipelines.lib.intake.registry import AgentRegistry
 
     home = orfeas_home.home
     after = int(cursor or 0)
-    with open_ledger(home) as ledger:
+    now = now or datetime.now(timezone.utc)
+    limit = settings.max_images_per_run
+
+    with open_ledger(home) as ledger, ImageClaims(home.state / "claims.sqlite") as claims:
         outcome = process_inbox(
             home,
             AgentRegistry.load(home.agents_file),
             ledger,
-            now=now or datetime.now(timezone.utc),
+            now=now,
             max_jobs=settings.max_jobs_per_tick,
-            max_images=settings.max_images_per_run,
+            max_images=limit,
             window_seconds=settings.window_seconds,
         )
-        pending = _whole_jobs(ledger.images_after(after, settings.max_images_per_run + 1), settings.max_images_per_run)
+
+        def pick(start: int, before: int | None) -> list:
+            images = ledger.images_after(start, limit + 1)
+            return _whole_jobs([image for image in images if before is None or image.seq < before], limit)
+
+        pending = claims.claim_next(after, owner or this_process(), now.timestamp(), pick)
     summary = (
         f"accepted {len(outcome.accepted)}, rejected {len(outcome.rejected)}, "
         f"deferred {len(outcome.deferred)}, waiting {outcome.remaining}"

@@ -63,20 +63,57 @@ def test_bad_bytes_are_one_line_errors_naming_the_file(data, code, reason):
 
 
 @pytest.mark.parametrize(
-    "data, reason",
+    "data, code, reason",
     [
-        (jpeg_with_scans(1024, 400), "410 scans of 1048576 pixels, over the decode budget"),
-        (jpeg_with_scans(64, 5000).replace(b"\xff\xda", b"\xff\xfe", 4500), "markers, over the limit of 4096"),
-        (png_with_chunks(png_bytes(), 1_000_000), "PNG has more than 10000 chunks"),
+        (jpeg_with_scans(16, 300), "too_many_scans", "JPEG has more than 256 scans"),
+        (jpeg_with_scans(4096, 10), "too_many_scans", "20 scans of 16777216 pixels, over the decode budget"),
+        (
+            jpeg_with_scans(64, 5000).replace(b"\xff\xda", b"\xff\xfe", 4500),
+            "too_large",
+            "JPEG has more than 4096 markers",
+        ),
+        (png_with_chunks(png_bytes(), 1_000_000), "too_large", "PNG has more than 10000 chunks"),
     ],
-    ids=["progressive-jpeg-scans", "jpeg-markers", "png-chunks"],
+    ids=["jpeg-scans", "jpeg-scans-times-pixels", "jpeg-markers", "png-chunks"],
 )
-def test_files_that_would_take_long_to_decode_are_refused_before_decoding(data, reason):
+def test_files_that_would_take_long_to_decode_are_refused_before_decoding(data, code, reason):
     """Within every byte and pixel limit, yet seconds to minutes of decoding: refused in milliseconds."""
     started = time.monotonic()
     with pytest.raises(ImageError, match=reason) as error:
         decode_image(data, "slow", max_bytes=len(data))
-    assert error.value.code == "too_large" and time.monotonic() - started < 0.5
+    assert error.value.code == code and time.monotonic() - started < 0.5
+
+
+def with_comment(jpeg: bytes, comment: bytes) -> bytes:
+    """The JPEG with a comment segment (COM) holding `comment` right after its start marker."""
+    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+
+
+def test_jpeg_scans_are_counted_exactly_not_guessed_from_bytes():
+    """A marker-like pair inside a segment's payload (an EXIF blob, a comment) is no scan."""
+    photo = encoded(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG", progressive=True)
+    assert decode_image(with_comment(photo, b"\xff\xda" * 300), "c.jpg").shape == (64, 64, 4)
+    with pytest.raises(ImageError, match="more than 256 scans"):
+        decode_image(jpeg_with_scans(64, 300), "s.jpg")
+
+
+def test_an_offload_decodes_only_images_over_the_in_process_cost():
+    calls = []
+
+    def offload():
+        calls.append(1)
+        return (-1, -1)
+
+    small = encoded(Image.new("RGB", (64, 64)), "PNG")
+    assert verify_image(small, "small.png", offload=offload) == (64, 64) and not calls
+    large = encoded(Image.new("RGB", (2048, 2048)), "JPEG", progressive=True)
+    assert verify_image(large, "large.jpg", offload=offload) == (-1, -1) and calls == [1]
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        verify_image(png_claiming_size(40000, 40000), "bomb.png", offload=offload)
+    assert calls == [1]
+    photo = encoded(Image.new("RGB", (512, 512)), "JPEG")
+    looks_costly = with_comment(photo, b"\xff\xda" * 100)
+    assert verify_image(looks_costly, "c.jpg", offload=offload) == (-1, -1), "what looks like scans counts as cost"
 
 
 def test_ordinary_progressive_jpegs_and_chunked_pngs_still_decode():

@@ -33,7 +33,9 @@ and retried each tick, without stopping the others; a full disk stops the tick (
 Fairness: rejections cost no budget; valid work is taken round-robin across agents (each
 agent's entries in name order), so a flood from one agent, or unsigned junk, never delays
 another agent's job. A tick stops after `max_seconds` (reading job.json files for the fair
-order may use half of it), and decoding one image is bounded in `lib/images`, so no drop
+order may use half of it), and decoding one image is bounded (`lib/images` refuses known
+slow shapes up front; `decoding` runs costly images in a worker under a CPU budget, and a
+decode the busy machine could not finish in time holds its entry for a retry), so no drop
 holds the intake lock for long.
 
 A tick holds `state/intake.lock`, so the daemon's sensor and `orfeas process` never take the
@@ -63,6 +65,7 @@ from orfeas_pipelines.lib.intake.audit import (
     last_audited_seq,
     utc_timestamp,
 )
+from orfeas_pipelines.lib.intake.decoding import DecodeWorker
 from orfeas_pipelines.lib.intake.ledger import AcceptedJob, ImageFacts, IntakeLedger, PendingDecision, partition_key
 from orfeas_pipelines.lib.intake.manifest import IntakeError, JobManifest, is_valid_id, parse_manifest
 from orfeas_pipelines.lib.intake.registry import AgentPolicy, AgentRegistry
@@ -159,8 +162,9 @@ def process_inbox(
             f"intake is busy: another tick has held {lock.lock_file} for over {lock_timeout:g} s; try again later"
         ) from None
     try:
-        tick = _Tick(home, registry, ledger, now, window_seconds, limits, time.monotonic(), max_seconds)
-        return tick.run(max_jobs, max_images, None if only is None else set(only))
+        with DecodeWorker() as decoder:
+            tick = _Tick(home, registry, ledger, now, window_seconds, limits, decoder, time.monotonic(), max_seconds)
+            return tick.run(max_jobs, max_images, None if only is None else set(only))
     except (OSError, sqlite3.Error) as error:
         raise IntakeUnavailable(
             f"intake tick stopped: {_storage_problem(error)}; what it decided is kept and the next tick finishes it"
@@ -203,6 +207,7 @@ class _Tick:
         now: datetime,
         window_seconds: float,
         limits: ImageLimits,
+        decoder: DecodeWorker,
         started: float,
         max_seconds: float,
     ):
@@ -213,6 +218,7 @@ class _Tick:
         self.now_epoch = now.timestamp()
         self.window_seconds = window_seconds
         self.limits = limits
+        self.decoder = decoder
         self.deadline = started + max_seconds
         self.classify_until = started + max_seconds / 2  # so deciding always gets time, however full inbox/ is
         self.outcome = IntakeOutcome()
@@ -347,7 +353,7 @@ class _Tick:
         try:
             verified = verify_job(
                 entry.path, raw, self.registry, self.ledger, self.home.jobs,
-                judged_at, self.window_seconds, self.limits, manifest,
+                judged_at, self.window_seconds, self.limits, manifest, self.decoder,
             )
         except IntakeError as error:
             if error.code in _INCOMPLETE_CODES and self._may_still_be_written(entry):

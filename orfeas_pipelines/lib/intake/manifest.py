@@ -39,6 +39,8 @@ REJECTION_CODES: tuple[str, ...] = (
     "hash_mismatch",
     "not_an_image",
     "too_large",
+    "too_many_scans",
+    "decode_too_slow",
     "too_many_images",
     "path_not_allowed",
     "format_not_allowed",

@@ -19,10 +19,12 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from orfeas_pipelines.lib.images import ImageError, verify_image
+from orfeas_pipelines.lib.intake.decoding import DecodeWorker
 from orfeas_pipelines.lib.intake.ledger import ImageFacts, IntakeLedger
 from orfeas_pipelines.lib.intake.manifest import (
     MAX_MANIFEST_BYTES,
@@ -44,10 +46,16 @@ ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Per-image limits applied before and during decoding."""
+    """Per-image limits applied before and during decoding.
+
+    The decode budgets apply to images decoded in a DecodeWorker (those over
+    IN_PROCESS_DECODE_COST): a legitimate 4096x4096 image decodes in under half a second.
+    """
 
     max_bytes: int = 16 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    decode_cpu_seconds: float = 2.0
+    decode_wall_seconds: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -85,12 +93,15 @@ def verify_job(
     window_seconds: float,
     limits: ImageLimits,
     manifest: JobManifest | None = None,
+    decoder: DecodeWorker | None = None,
 ) -> VerifiedJob:
     """Every check except the rate limit.
 
     `judged_at_epoch` is the time the job counts as arrived (now, or when it was first
     deferred). Pass `manifest` when the caller already parsed `raw`. An IntakeError raised
     after the signature matched has `signed` set: only such an error may speak for the job id.
+    With `decoder`, costly images are decoded there under `limits`' decode budgets (else all
+    in this process); DecodeBusy means the machine was too busy to finish one: retry later.
     """
     if manifest is None:
         manifest = parse_manifest(raw)
@@ -112,7 +123,7 @@ def verify_job(
         raise IntakeError(error.code, error.message, job_id, agent_id, signed=True) from None
     try:
         _check_permissions(manifest, policy)
-        images = _check_images(folder, manifest.images, limits)
+        images = _check_images(folder, manifest.images, limits, decoder)
     except IntakeError as error:
         raise IntakeError(error.code, error.message, job_id, agent_id, authentic=True, signed=True) from None
     return VerifiedJob(manifest, policy, images)
@@ -158,7 +169,9 @@ def _check_permissions(manifest: JobManifest, policy: AgentPolicy) -> None:
         )
 
 
-def _check_images(folder: Path, images: list[ImageEntry], limits: ImageLimits) -> tuple[ImageFacts, ...]:
+def _check_images(
+    folder: Path, images: list[ImageEntry], limits: ImageLimits, decoder: DecodeWorker | None
+) -> tuple[ImageFacts, ...]:
     try:
         folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -166,12 +179,12 @@ def _check_images(folder: Path, images: list[ImageEntry], limits: ImageLimits) -
     except OSError as error:
         raise IntakeError("image_missing", f"job folder cannot be read ({error.strerror})") from None
     try:
-        return tuple(_check_image(folder_fd, image, limits) for image in images)
+        return tuple(_check_image(folder_fd, image, limits, decoder) for image in images)
     finally:
         os.close(folder_fd)
 
 
-def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits) -> ImageFacts:
+def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits, decoder: DecodeWorker | None) -> ImageFacts:
     name = image.file
     if not is_valid_id(name) or name == MANIFEST_NAME:
         raise IntakeError(
@@ -183,16 +196,27 @@ def _check_image(folder_fd: int, image: ImageEntry, limits: ImageLimits) -> Imag
     if digest != image.sha256.lower():
         raise IntakeError("hash_mismatch", f"image {name}: sha256 does not match the manifest")
     try:
-        width, height = check_image_policy(data, name, limits)
+        width, height = check_image_policy(data, name, limits, decoder)
     except ImageError as error:
         raise IntakeError(error.code, f"image {error}") from None
     return ImageFacts(name, digest, len(data), width, height)
 
 
-def check_image_policy(data: bytes, name: str, limits: ImageLimits) -> tuple[int, int]:
-    """Intake's format and size policy on an image's bytes, fully decoded; returns (width, height)."""
+def check_image_policy(
+    data: bytes, name: str, limits: ImageLimits, decoder: DecodeWorker | None = None
+) -> tuple[int, int]:
+    """Intake's format and size policy on an image's bytes, fully decoded; returns (width, height).
+
+    With `decoder`, a costly image is decoded there, under `limits`' decode budgets.
+    """
     require_accepted_format(data, name)
-    return verify_image(data, name, limits.max_pixels, limits.max_bytes, ACCEPTED_IMAGE_FORMATS)
+    offload = None
+    if decoder is not None:
+        offload = partial(
+            decoder.verify, data, name, limits.max_pixels, limits.max_bytes, ACCEPTED_IMAGE_FORMATS,
+            limits.decode_cpu_seconds, limits.decode_wall_seconds,
+        )
+    return verify_image(data, name, limits.max_pixels, limits.max_bytes, ACCEPTED_IMAGE_FORMATS, offload)
 
 
 def read_image_at(folder_fd: int, name: str, max_bytes: int) -> bytes:

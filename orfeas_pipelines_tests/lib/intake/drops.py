@@ -14,6 +14,7 @@ import zlib
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from orfeas_pipelines.lib.home import OrfeasHome
@@ -49,6 +50,14 @@ def jpeg_with_scans(size: int, extra_scans: int) -> bytes:
     last_scan = data.rindex(b"\xff\xda")
     end = len(data) - 2
     return data[:end] + data[last_scan:end] * extra_scans + data[end:]
+
+
+def costly_jpeg(size: int = 2048) -> bytes:
+    """A noisy progressive photo: legitimate, and costly enough (about 0.1 s) to go to the decode worker."""
+    pixels = np.random.default_rng(size).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", progressive=True, quality=90)
+    return buffer.getvalue()
 
 
 def png_with_chunks(png: bytes, count: int) -> bytes:
@@ -139,7 +148,7 @@ def _entry_digest(path: Path) -> str:
 
 
 def drop_bad_corpus(home: OrfeasHome, agent: AgentPolicy, now: datetime, outside: Path) -> dict[str, str]:
-    """One bad drop per rejection code (except replay) plus the nasty ones; entry → expected code.
+    """One bad drop per rejection code (but replay and decode_too_slow) and the nasty ones; entry → code.
 
     `agent` must allow formats stl and obj only, 2 images per job and resolution up to 256.
     `outside` is a folder outside the home (the target of an escaping symlink).
@@ -187,6 +196,7 @@ def drop_bad_corpus(home: OrfeasHome, agent: AgentPolicy, now: datetime, outside
     job("truncated-png", "not_an_image", {"a.png": good[: len(good) // 2]})
     job("zero-bytes", "not_an_image", {"a.png": b""})
     job("bomb-header", "too_large", {"a.png": png_claiming_size(40000, 40000)})
+    job("many-scans", "too_many_scans", {"a.jpg": jpeg_with_scans(64, 100_000)})
     huge = signed_manifest(agent, "huge-manifest", {"a.png": good}, now)
     huge_raw = json.dumps({**huge, "padding": "x" * (12 * 1024 * 1024)}).encode()
     job("huge-manifest", "too_large", {"a.png": good}, huge_raw)

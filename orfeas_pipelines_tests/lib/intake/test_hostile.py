@@ -16,9 +16,11 @@ import orfeas_pipelines.lib.intake.inbox as inbox_module
 from orfeas_pipelines.lib.intake.audit import read_audit
 from orfeas_pipelines.lib.intake.inbox import IntakeUnavailable
 from orfeas_pipelines.lib.intake.ledger import IntakeLedger
+from orfeas_pipelines.lib.intake.verify import ImageLimits
 from orfeas_pipelines.lib.outbox import read_status
 from orfeas_pipelines_tests.lib.intake.drops import (
     age_entries,
+    costly_jpeg,
     drop_folder,
     drop_good_job,
     jpeg_with_scans,
@@ -87,15 +89,53 @@ def test_any_file_name_is_quarantined_under_a_safe_name_and_recorded_exactly(hom
 def test_images_that_would_hold_the_tick_for_seconds_are_refused_at_once(home):
     agent = make_agent(home)
     slow = {
-        "many-scans": ("a.jpg", jpeg_with_scans(1024, 400)),
-        "many-chunks": ("a.png", png_with_chunks(png_bytes(), 10**6)),
+        "many-scans": ("a.jpg", jpeg_with_scans(64, 100_000), "too_many_scans"),
+        "scans-times-pixels": ("a.jpg", jpeg_with_scans(1024, 250), "too_many_scans"),
+        "many-chunks": ("a.png", png_with_chunks(png_bytes(), 10**6), "too_large"),
     }
-    for job_id, (file, image) in slow.items():
+    for job_id, (file, image, _) in slow.items():
         drop_folder(home, job_id, signed_manifest(agent, job_id, {file: image}, NOW), {file: image})
+    before = snapshot(home)
     started = time.monotonic()
     outcome = tick(home)
-    assert time.monotonic() - started < 2.0
-    assert {rejection.entry: rejection.code for rejection in outcome.rejected} == dict.fromkeys(slow, "too_large")
+    assert time.monotonic() - started < 10.0
+    assert {rejection.entry: rejection.code for rejection in outcome.rejected} == {
+        job_id: code for job_id, (_, _, code) in slow.items()
+    }
+    assert_accounted(home, before)
+
+
+def test_an_image_whose_decoding_overruns_its_cpu_budget_is_quarantined_and_the_tick_goes_on(home):
+    """What no structural check foresees is cut by the worker's CPU budget (a tiny one stands in for
+    a pathological decoder here), and the tick decides the other entries."""
+    agent = make_agent(home)
+    photo = costly_jpeg()
+    drop_folder(home, "slow-photo", signed_manifest(agent, "slow-photo", {"a.jpg": photo}, NOW), {"a.jpg": photo})
+    good = drop_good_job(home, agent, NOW)
+    before = snapshot(home)
+    started = time.monotonic()
+    outcome = tick(home, limits=ImageLimits(decode_cpu_seconds=0.01))
+    assert time.monotonic() - started < 10.0
+    [rejection] = outcome.rejected
+    assert (rejection.entry, rejection.code) == ("slow-photo", "decode_too_slow")
+    assert rejection.message == "image a.jpg: decoding takes over 0.01 s of CPU time"
+    assert [job.job_id for job in outcome.accepted] == [good]
+    assert_accounted(home, before)
+
+
+def test_a_decode_the_busy_machine_cannot_finish_in_time_is_held_and_retried(home):
+    """Past the wall clock within its CPU budget the image is not at fault: held, audited once, taken later."""
+    agent = make_agent(home)
+    photo = costly_jpeg()
+    drop_folder(home, "photo", signed_manifest(agent, "photo", {"a.jpg": photo}, NOW), {"a.jpg": photo})
+    before = snapshot(home)
+    for seconds in (0, 20):
+        outcome = tick(home, NOW + timedelta(seconds=seconds), limits=ImageLimits(decode_wall_seconds=0.001))
+        [held] = outcome.deferred
+        assert held.entry == "photo" and "wall-clock time within its CPU budget" in held.reason
+    assert outcome.rejected == [] and snapshot(home) == before
+    assert [line["decision"] for line in read_audit(home.audit_log)] == ["deferred"]
+    assert [job.job_id for job in tick(home, NOW + timedelta(seconds=60)).accepted] == ["photo"]
 
 
 def test_a_busy_lock_is_a_one_line_error(home):

@@ -1,0 +1,117 @@
+"""Which ledger images each intake-sensor evaluation handed out, so two never hand out the same one.
+
+The daemon's sensor and `orfeas process` evaluate the same sensor, each from the cursor it
+read when its tick began. A cursor read before the other's tick stored its own is stale:
+evaluating from it would request the other's images again under another run key
+(`images-1-4` beside `images-1-2`), and both runs would mesh them. So an evaluation claims
+the images it hands out, in one transaction, and skips the claims of other evaluations that
+are still in flight. A claim is void, and its images are offered again (as the same range,
+so under the same run key, which stops a second launch), when it is the caller's own (its
+tick failed before the cursor moved past it), when its process is gone, or when it is older
+than CLAIM_GRACE_SECONDS. A claim the caller's cursor has passed is kept until then all the
+same: an evaluation from a staler cursor must still skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from orfeas_pipelines.lib.home import OrfeasHome
+
+CLAIM_GRACE_SECONDS = 600.0
+"""Longer than any evaluation takes to record its result (partitions, events, the run)."""
+
+
+def this_process() -> str:
+    """The claim owner of this process: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ImageClaims:
+    """The claims, in `state/claims.sqlite` beside the ledger."""
+
+    def __init__(self, path: Path):
+        self._db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS claims (last_seq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, "
+            "owner TEXT NOT NULL, at REAL NOT NULL)"
+        )
+
+    def __enter__(self) -> ImageClaims:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._db.close()
+
+    def claim_next(self, cursor: int, owner: str, now: float, pick: Callable[[int, int | None], Sequence]) -> list:
+        """Claim and return what `pick(after, before)` chooses among images with after < seq < before
+        (before None: no bound) that no live claim of another evaluation holds; items have `.seq`."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            live = self.held_elsewhere(owner, now)
+            live_lasts = json.dumps([last for _, last in live])
+            self._db.execute("DELETE FROM claims WHERE last_seq NOT IN (SELECT value FROM json_each(?))", (live_lasts,))
+            picked, after = [], cursor
+            for first, last in [*live, (None, None)]:
+                if last is not None and last <= after:
+                    continue
+                picked = list(pick(after, first))
+                if picked or last is None:
+                    break
+                after = last
+            if picked:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)", (picked[-1].seq, picked[0].seq, owner, now)
+                )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return picked
+
+
+    def held_elsewhere(self, owner: str, now: float) -> list[tuple[int, int]]:
+        """(first, last) seq ranges that live evaluations other than `owner` claimed: images they may
+        still be registering, whose run may not exist yet (a drain must leave them alone)."""
+        rows = self._db.execute("SELECT first_seq, last_seq, owner, at FROM claims ORDER BY first_seq").fetchall()
+        return [(first, last) for first, last, claim_owner, at in rows if not _is_void(claim_owner, at, owner, now)]
+
+
+def keys_claimed_elsewhere(home: OrfeasHome, owner: str, now: float) -> set[str]:
+    """Partition keys of the images that live evaluations other than `owner` claimed (in the
+    home's `state/claims.sqlite`), for the drain to leave alone."""
+    from orfeas_pipelines.lib.intake.ledger import open_ledger
+
+    if not (home.state / "claims.sqlite").exists():
+        return set()
+    with ImageClaims(home.state / "claims.sqlite") as claims, open_ledger(home) as ledger:
+        return {
+            image.partition_key
+            for first, last in claims.held_elsewhere(owner, now)
+            for image in ledger.images_after(first - 1, last - first + 1)
+        }
+
+
+def _is_void(claim_owner: str, at: float, owner: str, now: float) -> bool:
+    return claim_owner == owner or now - at > CLAIM_GRACE_SECONDS or is_gone(claim_owner)
+
+
+def is_gone(owner: str) -> bool:
+    """Whether the `host:pid` process (`this_process()` of some process) is known to have ended:
+    only a process on this host can be checked; any other counts as running."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, as another user
+    return False
