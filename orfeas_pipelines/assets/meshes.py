@@ -18,7 +18,9 @@ before the next window is read.
 """
 
 import json
+import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -45,6 +47,8 @@ warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec
 
 MESH = dg.AssetKey("mesh")
 MIN_WINDOW = 4
+DELIVERY_NICENESS = 10
+"""How much lower than generation the delivery threads are scheduled (see `_yield_to_generation`)."""
 """Fewest images a window of a larger run holds: smaller batches would cost the device more
 than the overlap of generation and delivery saves."""
 VALID_CHECK = "mesh_is_valid"
@@ -298,7 +302,7 @@ def _deliver_window(
     tally.batches += window.batches
     with tally.stage("status"):
         _record_batches(home, mesh_generator, window.batches)
-    with tally.stage("deliver"), ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
+    with tally.stage("deliver"), ThreadPoolExecutor(usable_cpus(), initializer=_yield_to_generation) as pool:
         prepared = {
             request.key: pool.submit(prepare, home, request, window.results[request.key]) for request in window.requests
         }
@@ -332,6 +336,15 @@ def _deliver_window(
                 metadata["pictures"] = dg.MetadataValue.md(outcome.pictures)
             yield _valid_evaluation(key, False, metadata)
     return False
+
+
+def _yield_to_generation() -> None:
+    """Lower this delivery thread's scheduling priority (Linux: a thread's own nice value), so
+    on a CPU that generation keeps busy the deliveries take the time it leaves and do not slow
+    it down: measured on 2 cores, generating 65 images beside delivering 64 took 12% longer
+    than generating alone with nice delivery threads, 19% without. Elsewhere a no-op."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DELIVERY_NICENESS)
 
 
 def _recheck(mesh_generator, window: GeneratedWindow, produced: set[str], count: int) -> tuple[list, bool]:
