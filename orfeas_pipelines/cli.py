@@ -376,10 +376,12 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
 
 
 def _bench_api(args: argparse.Namespace) -> int:
-    from orfeas_pipelines.bench.api import bench_api
+    from orfeas_pipelines.bench.api import bench_api, machine_line
 
+    print(machine_line(), flush=True)
     rows = bench_api(seconds=args.seconds, streams=args.streams)
     _print_rows(rows)
+    print(machine_line(), flush=True)
     events_complete = all(row["goal_met"] for row in rows if row["phase"].startswith("events"))
     return 0 if events_complete else 1
 
