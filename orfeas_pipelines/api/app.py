@@ -390,11 +390,28 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
         job_id: str | None = None
         token = secrets.token_hex(8)
         staging: Path | None = None
+
+        def admit() -> tuple[SignedRequest, int | None]:
+            signed = api.check_headers(request.headers, client_of(scope))
+            return signed, api.retry_after(signed.policy)
+
+        def publish(upload) -> str:
+            """The signature (spending the nonce), the parts, then the inbox entry, in one thread hop; its name."""
+            nonlocal job_id, staging
+            api.check_signature(signed, "POST", target_of(scope), upload.body_sha256)
+            if upload.manifest is None:
+                raise RequestError("bad_upload", "no part named job.json")
+            job_id = _manifest_job_id(upload.manifest)
+            entry = job_id or f"http-{token}"
+            _check_parts(upload, policy)
+            _publish(staging, upload.manifest, api.home.inbox / entry)
+            staging = None
+            return entry
+
         try:
-            signed = await anyio.to_thread.run_sync(api.check_headers, request.headers, client_of(scope))
+            signed, retry = await anyio.to_thread.run_sync(admit)
             policy = signed.policy
             agent_id = policy.agent_id
-            retry = await anyio.to_thread.run_sync(api.retry_after, policy)
             if retry is not None:
                 raise api.rate_limited(policy, retry)
             limit = api.body_limit(policy)
@@ -407,14 +424,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
                 request.stream(), boundary, staging, limit, api.settings.image_limits.max_bytes,
                 api.settings.upload_deadline_seconds,
             )
-            await anyio.to_thread.run_sync(api.check_signature, signed, "POST", target_of(scope), upload.body_sha256)
-            if upload.manifest is None:
-                raise RequestError("bad_upload", "no part named job.json")
-            job_id = _manifest_job_id(upload.manifest)
-            entry = job_id or f"http-{token}"
-            _check_parts(upload, policy)
-            await anyio.to_thread.run_sync(_publish, staging, upload.manifest, api.home.inbox / entry)
-            staging = None
+            entry = await anyio.to_thread.run_sync(publish, upload)
             status, body, headers = await api.intake.submit((entry, policy))
             return JSONResponse(body, status, headers=headers)
         except RequestError as error:
