@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import math
 import os
 import secrets
@@ -449,7 +448,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
                     if event is None:
                         yield b": keepalive\n\n"
                     else:
-                        yield f"event: {event['state']}\ndata: {json.dumps(event, sort_keys=True)}\n\n".encode()
+                        yield event.sse
             finally:
                 api.watcher.unsubscribe(subscription)
 
@@ -472,7 +471,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
 
         async def send_events(group) -> None:
             async for event in subscription.events():
-                await websocket.send_json(event)
+                await websocket.send_json(event.document)
             await websocket.close()
             group.cancel_scope.cancel()
 

@@ -10,9 +10,10 @@ follow, the cost is one stat per followed job per interval: no loop per client.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import anyio
 
@@ -23,14 +24,26 @@ TERMINAL_STATES = ("succeeded", "failed", "rejected")
 _QUEUE_LIMIT = 256
 
 
+class JobEvent(NamedTuple):
+    """A job's status as an event, with its Server-Sent Events message encoded once for all subscribers."""
+
+    document: dict
+    sse: bytes
+
+
+def job_event(document: dict) -> JobEvent:
+    sse = f"event: {document['state']}\ndata: {json.dumps(document, sort_keys=True)}\n\n".encode()
+    return JobEvent(document, sse)
+
+
 class Subscription:
     """One client's events of one job; the oldest are dropped if it falls 256 events behind."""
 
     def __init__(self, job_id: str):
         self.job_id = job_id
-        self.queue: asyncio.Queue[dict] = asyncio.Queue(_QUEUE_LIMIT)
+        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(_QUEUE_LIMIT)
 
-    def push(self, event: dict) -> None:
+    def push(self, event: JobEvent) -> None:
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(event)
@@ -40,7 +53,7 @@ class Subscription:
         while True:
             event = await self.queue.get()
             yield event
-            if event.get("state") in TERMINAL_STATES:
+            if event.document.get("state") in TERMINAL_STATES:
                 return
 
 
@@ -90,7 +103,7 @@ class StatusWatcher:
                     subscription.push(event)
                     self._fresh.discard(subscription)
 
-    def _changed_events(self, job_ids: list[str], fresh_jobs: set[str]) -> dict[str, tuple[dict, bool]]:
+    def _changed_events(self, job_ids: list[str], fresh_jobs: set[str]) -> dict[str, tuple[JobEvent, bool]]:
         """(event, changed since the last scan) for each job that changed or has a new subscriber."""
         events = {}
         for job_id in job_ids:
@@ -106,5 +119,5 @@ class StatusWatcher:
             if status is None:
                 continue
             self._seen[job_id] = signature
-            events[job_id] = (self.describe(status), changed)
+            events[job_id] = (job_event(self.describe(status)), changed)
         return events
