@@ -22,6 +22,9 @@ from orfeas_pipelines.lib.outbox import read_status, status_path
 
 TERMINAL_STATES = ("succeeded", "failed", "rejected")
 _QUEUE_LIMIT = 256
+FAN_OUT_SLICE = 50
+"""Subscribers woken per event-loop turn: 500 streams woken at once would hold the loop for
+tens of ms, and every request in flight with it."""
 
 
 class JobEvent(NamedTuple):
@@ -97,11 +100,15 @@ class StatusWatcher:
         fresh_jobs = {subscription.job_id for subscription in self._fresh}
         fresh, self._fresh = self._fresh, set()
         events = await anyio.to_thread.run_sync(self._changed_events, list(self._subscribers), fresh_jobs)
+        pushed = 0
         for job_id, (event, changed) in events.items():
             for subscription in list(self._subscribers.get(job_id, ())):
                 if changed or subscription in fresh:
                     subscription.push(event)
                     self._fresh.discard(subscription)
+                    pushed += 1
+                    if pushed % FAN_OUT_SLICE == 0:
+                        await asyncio.sleep(0)
 
     def _changed_events(self, job_ids: list[str], fresh_jobs: set[str]) -> dict[str, tuple[JobEvent, bool]]:
         """(event, changed since the last scan) for each job that changed or has a new subscriber."""
