@@ -6,7 +6,8 @@ the folder intake's own function, so it gets the same checks, ledger, quarantine
 line and outbox status as a folder drop, and the inbox sensor picks the accepted job up
 from the ledger like any other. Generation never runs here.
 
-File and ledger work runs in worker threads (sync endpoints, or `anyio.to_thread`), so the
+File and ledger work runs in worker threads (sync endpoints, `anyio.to_thread`, or a
+`Batcher` that hands a thread every status read or submission waiting at once), so the
 event loop only moves bytes. Request nonces are spent in the intake ledger's nonce table
 (`NonceBook`), shared with manifests.
 """

@@ -23,6 +23,8 @@ import contextlib
 import hashlib
 import io
 import multiprocessing
+import os
+import platform
 import re
 import subprocess
 import sys
@@ -72,9 +74,6 @@ def bench_api(seconds: float = 10.0, streams: int = 500, tmp_dir: str | Path | N
 
 def machine_line() -> str:
     """The machine the figures belong to: CPU model, cores and load average (the machine may be shared)."""
-    import os
-    import platform
-
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -87,8 +86,6 @@ def machine_line() -> str:
 
 def _with_load_average(phase) -> list[dict]:
     """The phase's rows, each with the 1-minute load average at the phase's start and end."""
-    import os
-
     before = os.getloadavg()[0]
     rows = phase()
     after = os.getloadavg()[0]

@@ -24,8 +24,8 @@ MAX_LOGGED_REJECTIONS = 50
 INTERVAL_SECONDS = 4
 """The daemon checks sensors every 5 s, and a tick is due when this many seconds passed since the last
 one began: 4, so that every check ticks (5 would skip every other check by a hair). An idle
-tick (empty inbox) costs about 0.1 s of daemon CPU; the wait for a tick is most of an HTTP job's
-POST-to-succeeded time (docs/BENCHMARKS.md)."""
+tick (empty inbox) costs about 0.2 s of daemon CPU; with 15 s the wait for a tick was most of
+an HTTP job's POST-to-succeeded time (docs/BENCHMARKS.md, `orfeas bench api --end-to-end`)."""
 
 
 class IntakeSettings(dg.ConfigurableResource):
