@@ -122,6 +122,14 @@ def _parser() -> argparse.ArgumentParser:
     bench_api = suites.add_parser("api", help="HTTP API latency and throughput against a real orfeas serve")
     bench_api.add_argument("--seconds", default=10.0, type=float, help="per load phase")
     bench_api.add_argument("--streams", default=500, type=int, help="open SSE streams in the events phase")
+    bench_api.add_argument(
+        "--end-to-end", action="store_true",
+        help="instead: POST to the succeeded event with the daemon running, one job at a time (minutes)",
+    )
+    bench_api.add_argument("--jobs", default=10, type=int, help="--end-to-end: jobs measured (after one warm-up)")
+    bench_api.add_argument("--resolution", default=128, type=int, help="--end-to-end: the jobs' resolution")
+    bench_api.add_argument("--port", type=int, help="--end-to-end: the API's port (default: a free one)")
+    bench_api.add_argument("--hold", default=0.0, type=float, help="--end-to-end: seconds to stay up after the last job")
     bench_api.set_defaults(handler=_bench_api)
     return parser
 
@@ -420,10 +428,20 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
 
 
 def _bench_api(args: argparse.Namespace) -> int:
-    from orfeas_pipelines.bench.api import bench_api
+    from orfeas_pipelines.bench.api import bench_api, machine_line
 
+    print(machine_line(), flush=True)
+    if args.end_to_end:
+        from orfeas_pipelines.bench.end_to_end import bench_end_to_end, sensor_interval_seconds, summary_rows
+
+        print(f"inbox sensor interval: {sensor_interval_seconds()} s", flush=True)
+        rows = bench_end_to_end(jobs=args.jobs, resolution=args.resolution, port=args.port, hold_seconds=args.hold)
+        _print_rows(rows + summary_rows(rows))
+        print(machine_line(), flush=True)
+        return 0
     rows = bench_api(seconds=args.seconds, streams=args.streams)
     _print_rows(rows)
+    print(machine_line(), flush=True)
     events_complete = all(row["goal_met"] for row in rows if row["phase"].startswith("events"))
     return 0 if events_complete else 1
 

@@ -6,7 +6,8 @@ the folder intake's own function, so it gets the same checks, ledger, quarantine
 line and outbox status as a folder drop, and the inbox sensor picks the accepted job up
 from the ledger like any other. Generation never runs here.
 
-File and ledger work runs in worker threads (sync endpoints, or `anyio.to_thread`), so the
+File and ledger work runs in worker threads (sync endpoints, `anyio.to_thread`, or a
+`Batcher` that hands a thread every status read or submission waiting at once), so the
 event loop only moves bytes. Request nonces are spent in the intake ledger's nonce table
 (`NonceBook`), shared with manifests.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import gc
 import math
 import os
 import secrets
@@ -101,21 +102,24 @@ def job_progress(status: dict) -> int:
     return int(100 * done / len(images)) if images else 0
 
 
-class IntakeBatcher:
-    """Group commit: submissions arriving while an intake call runs are decided together by the next.
+class Batcher:
+    """Group calls: items arriving while a batch runs in a worker thread are handled together by the next.
 
-    The intake decides under one lock and one ledger transaction, so deciding n waiting
-    uploads in one call costs one lock, one commit and one audit write instead of n.
+    `handle` gets the waiting items and returns one answer (or exception) per item. A thread
+    hop costs about 0.2 ms of wake-ups and GIL hand-offs, more than a status read itself, so
+    under load one hop per batch instead of one per request is most of a request's cost;
+    the intake likewise decides n waiting uploads under one lock, one commit and one audit
+    write instead of n.
     """
 
-    def __init__(self, decide: Callable[[list[tuple[str, AgentPolicy]]], list[tuple[int, dict, dict]]]):
-        self._decide = decide
-        self._waiting: list[tuple[str, AgentPolicy, asyncio.Future]] = []
+    def __init__(self, handle: Callable[[list], list]):
+        self._handle = handle
+        self._waiting: list[tuple[object, asyncio.Future]] = []
         self._draining = False
 
-    async def decide(self, entry: str, policy: AgentPolicy) -> tuple[int, dict, dict]:
+    async def submit(self, item):
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((entry, policy, future))
+        self._waiting.append((item, future))
         if not self._draining:
             self._draining = True
             asyncio.ensure_future(self._drain())
@@ -126,10 +130,10 @@ class IntakeBatcher:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    answers = await anyio.to_thread.run_sync(self._decide, [(entry, policy) for entry, policy, _ in batch])
+                    answers = await anyio.to_thread.run_sync(self._handle, [item for item, _ in batch])
                 except Exception as error:  # noqa: BLE001 - every waiting request must get an answer
                     answers = [error] * len(batch)
-                for (_, _, future), answer in zip(batch, answers):
+                for (_, future), answer in zip(batch, answers):
                     if future.done():
                         continue
                     if isinstance(answer, Exception):
@@ -138,6 +142,21 @@ class IntakeBatcher:
                         future.set_result(answer)
         finally:
             self._draining = False
+
+
+def each_of(function: Callable) -> Callable[[list], list]:
+    """A Batcher handler calling `function` on each item, an exception answering its own item only."""
+
+    def handle(items: list) -> list:
+        answers = []
+        for item in items:
+            try:
+                answers.append(function(item))
+            except Exception as error:  # noqa: BLE001 - handed to the item's own request
+                answers.append(error)
+        return answers
+
+    return handle
 
 
 class OrfeasApi:
@@ -151,7 +170,7 @@ class OrfeasApi:
         self.watcher = StatusWatcher(home, self.describe, settings.watch_interval_seconds)
         self.nonces: NonceBook | None = None
         self.metrics_registry = None
-        self.intake = IntakeBatcher(self.decide)
+        self.intake = Batcher(self.decide)
         self._registry = AgentRegistry()
         self._registry_stamp: tuple[int, int] | None = None
         self._registry_lock = threading.Lock()
@@ -281,6 +300,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         api.nonces = NonceBook(api.home)
+        _spare_startup_objects_from_gc()
         watcher = asyncio.create_task(api.watcher.run())
         try:
             yield
@@ -310,13 +330,18 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
              "images_running": depth.images_running}
         )
 
-    def job_status(request: Request) -> Response:
+    def read_job_status(request: Request) -> Response:
         try:
             policy = signed_get(request)
             status = api.owned_status(policy, request.path_params["job_id"])
         except RequestError as error:
             return error_response(error)
         return JSONResponse(api.describe(status))
+
+    status_reads = Batcher(each_of(read_job_status))
+
+    async def job_status(request: Request) -> Response:
+        return await status_reads.submit(request)
 
     def list_jobs(request: Request) -> Response:
         try:
@@ -364,11 +389,28 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
         job_id: str | None = None
         token = secrets.token_hex(8)
         staging: Path | None = None
+
+        def admit() -> tuple[SignedRequest, int | None]:
+            signed = api.check_headers(request.headers, client_of(scope))
+            return signed, api.retry_after(signed.policy)
+
+        def publish(upload) -> str:
+            """The signature (spending the nonce), the parts, then the inbox entry, in one thread hop; its name."""
+            nonlocal job_id, staging
+            api.check_signature(signed, "POST", target_of(scope), upload.body_sha256)
+            if upload.manifest is None:
+                raise RequestError("bad_upload", "no part named job.json")
+            job_id = _manifest_job_id(upload.manifest)
+            entry = job_id or f"http-{token}"
+            _check_parts(upload, policy)
+            _publish(staging, upload.manifest, api.home.inbox / entry)
+            staging = None
+            return entry
+
         try:
-            signed = await anyio.to_thread.run_sync(api.check_headers, request.headers, client_of(scope))
+            signed, retry = await anyio.to_thread.run_sync(admit)
             policy = signed.policy
             agent_id = policy.agent_id
-            retry = await anyio.to_thread.run_sync(api.retry_after, policy)
             if retry is not None:
                 raise api.rate_limited(policy, retry)
             limit = api.body_limit(policy)
@@ -381,15 +423,8 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
                 request.stream(), boundary, staging, limit, api.settings.image_limits.max_bytes,
                 api.settings.upload_deadline_seconds,
             )
-            await anyio.to_thread.run_sync(api.check_signature, signed, "POST", target_of(scope), upload.body_sha256)
-            if upload.manifest is None:
-                raise RequestError("bad_upload", "no part named job.json")
-            job_id = _manifest_job_id(upload.manifest)
-            entry = job_id or f"http-{token}"
-            _check_parts(upload, policy)
-            await anyio.to_thread.run_sync(_publish, staging, upload.manifest, api.home.inbox / entry)
-            staging = None
-            status, body, headers = await api.intake.decide(entry, policy)
+            entry = await anyio.to_thread.run_sync(publish, upload)
+            status, body, headers = await api.intake.submit((entry, policy))
             return JSONResponse(body, status, headers=headers)
         except RequestError as error:
             if agent_id is not None:
@@ -413,7 +448,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
                     if event is None:
                         yield b": keepalive\n\n"
                     else:
-                        yield f"event: {event['state']}\ndata: {json.dumps(event, sort_keys=True)}\n\n".encode()
+                        yield event.sse
             finally:
                 api.watcher.unsubscribe(subscription)
 
@@ -436,7 +471,7 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
 
         async def send_events(group) -> None:
             async for event in subscription.events():
-                await websocket.send_json(event)
+                await websocket.send_json(event.document)
             await websocket.close()
             group.cancel_scope.cancel()
 
@@ -465,6 +500,19 @@ def create_app(home: OrfeasHome, settings: ApiSettings = ApiSettings()) -> Starl
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.api = api
     return app
+
+
+def _spare_startup_objects_from_gc() -> None:
+    """Move the ~100,000 objects of the imports out of the collector's sight, and collect less often.
+
+    A full collection otherwise walks all of them every few thousand requests and stalls
+    every request in flight for tens of ms: measured, the status p99 at 64 clients went
+    from ~72 ms to ~20 ms with this (p95 unchanged). Startup objects live as long as the
+    process, so freezing them loses nothing.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
 
 
 def _error(code: str, message: str) -> dict:

@@ -10,9 +10,10 @@ follow, the cost is one stat per followed job per interval: no loop per client.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import anyio
 
@@ -21,6 +22,21 @@ from orfeas_pipelines.lib.outbox import read_status, status_path
 
 TERMINAL_STATES = ("succeeded", "failed", "rejected")
 _QUEUE_LIMIT = 256
+FAN_OUT_SLICE = 50
+"""Subscribers woken per event-loop turn: 500 streams woken at once would hold the loop for
+tens of ms, and every request in flight with it."""
+
+
+class JobEvent(NamedTuple):
+    """A job's status as an event, with its Server-Sent Events message encoded once for all subscribers."""
+
+    document: dict
+    sse: bytes
+
+
+def job_event(document: dict) -> JobEvent:
+    sse = f"event: {document['state']}\ndata: {json.dumps(document, sort_keys=True)}\n\n".encode()
+    return JobEvent(document, sse)
 
 
 class Subscription:
@@ -28,9 +44,9 @@ class Subscription:
 
     def __init__(self, job_id: str):
         self.job_id = job_id
-        self.queue: asyncio.Queue[dict] = asyncio.Queue(_QUEUE_LIMIT)
+        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(_QUEUE_LIMIT)
 
-    def push(self, event: dict) -> None:
+    def push(self, event: JobEvent) -> None:
         if self.queue.full():
             self.queue.get_nowait()
         self.queue.put_nowait(event)
@@ -40,7 +56,7 @@ class Subscription:
         while True:
             event = await self.queue.get()
             yield event
-            if event.get("state") in TERMINAL_STATES:
+            if event.document.get("state") in TERMINAL_STATES:
                 return
 
 
@@ -84,13 +100,17 @@ class StatusWatcher:
         fresh_jobs = {subscription.job_id for subscription in self._fresh}
         fresh, self._fresh = self._fresh, set()
         events = await anyio.to_thread.run_sync(self._changed_events, list(self._subscribers), fresh_jobs)
+        pushed = 0
         for job_id, (event, changed) in events.items():
             for subscription in list(self._subscribers.get(job_id, ())):
                 if changed or subscription in fresh:
                     subscription.push(event)
                     self._fresh.discard(subscription)
+                    pushed += 1
+                    if pushed % FAN_OUT_SLICE == 0:
+                        await asyncio.sleep(0)
 
-    def _changed_events(self, job_ids: list[str], fresh_jobs: set[str]) -> dict[str, tuple[dict, bool]]:
+    def _changed_events(self, job_ids: list[str], fresh_jobs: set[str]) -> dict[str, tuple[JobEvent, bool]]:
         """(event, changed since the last scan) for each job that changed or has a new subscriber."""
         events = {}
         for job_id in job_ids:
@@ -106,5 +126,5 @@ class StatusWatcher:
             if status is None:
                 continue
             self._seen[job_id] = signature
-            events[job_id] = (self.describe(status), changed)
+            events[job_id] = (job_event(self.describe(status)), changed)
         return events

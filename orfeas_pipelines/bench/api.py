@@ -11,15 +11,20 @@ afresh, as an agent's would be. Phases, each bounded in count and time:
   succeeding); every stream must see every change and end after the terminal one, and the
   status load runs meanwhile (same goals). Event lag is updated_at to arrival.
 
-The POST-to-succeeded time with the daemon (`make dev`) is not measured here.
+Each row carries the 1-minute load average at the phase's start and end (`load_1m`): the
+figures are only comparable at a similar load. The POST-to-succeeded time with the daemon is
+`--end-to-end` (`bench/end_to_end.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import multiprocessing
+import os
+import platform
 import re
 import subprocess
 import sys
@@ -58,13 +63,33 @@ def bench_api(seconds: float = 10.0, streams: int = 500, tmp_dir: str | Path | N
                 tiles = [(f"tile{index}.png", _png(16)) for index in range(EVENT_IMAGES)]
                 jobs = [client.submit(tiles, resolution=64)["job_id"] for _ in range(EVENT_JOBS)]
             load = dict(port=port, agent_id=agent.agent_id, secret=agent.secret, seconds=seconds)
-            rows = [_status_row("status", _in_child(_status_load, load, jobs, STATUS_CLIENTS))]
-            rows.append(_submit_row(_in_child(_submit_load, load, SUBMIT_CLIENTS)))
-            rows.extend(_events_rows(home, load, jobs, streams))
+            rows = _with_load_average(lambda: [_status_row("status", _in_child(_status_load, load, jobs, STATUS_CLIENTS))])
+            rows += _with_load_average(lambda: [_submit_row(_in_child(_submit_load, load, SUBMIT_CLIENTS))])
+            rows += _with_load_average(lambda: _events_rows(home, load, jobs, streams))
         finally:
             server.terminate()
             server.wait(10)
     return rows
+
+
+def machine_line() -> str:
+    """The machine the figures belong to: CPU model, cores and load average (the machine may be shared)."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"machine: {model}, {os.cpu_count()} cores, Python {platform.python_version()}; load average (1, 5, 15 min) {load}"
+
+
+def _with_load_average(phase) -> list[dict]:
+    """The phase's rows, each with the 1-minute load average at the phase's start and end."""
+    before = os.getloadavg()[0]
+    rows = phase()
+    after = os.getloadavg()[0]
+    return [row | {"load_1m": f"{before:.1f}-{after:.1f}"} for row in rows]
 
 
 def _status_row(phase: str, measured: tuple[list[float], float]) -> dict:

@@ -21,6 +21,11 @@ from orfeas_pipelines.resources.home import OrfeasHomeResource
 MAX_JOBS_PER_TICK = 500
 MAX_IMAGES_PER_RUN = 2000
 MAX_LOGGED_REJECTIONS = 50
+INTERVAL_SECONDS = 4
+"""The daemon checks sensors every 5 s, and a tick is due when this many seconds passed since the last
+one began: 4, so that every check ticks (5 would skip every other check by a hair). An idle
+tick (empty inbox) costs about 0.2 s of daemon CPU; with 15 s the wait for a tick was most of
+an HTTP job's POST-to-succeeded time (docs/BENCHMARKS.md, `orfeas bench api --end-to-end`)."""
 
 
 class IntakeSettings(dg.ConfigurableResource):
@@ -138,7 +143,7 @@ def _whole_jobs(images: list, limit: int) -> list:
 
 @dg.sensor(
     job=mesh_job,
-    minimum_interval_seconds=15,
+    minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Verifies the signed jobs agents drop in inbox/, registers their images as "
     "partitions and requests one batched range run over them per tick. A tick that rejected "

@@ -192,3 +192,29 @@ def test_a_client_that_leaves_is_unsubscribed(client, home, server):
         time.sleep(0.2)
         assert watcher.subscriber_count == 1
     assert wait_for_no_subscribers(watcher) == 0
+
+
+def test_the_batcher_groups_waiting_calls_and_answers_each_its_own():
+    import asyncio
+
+    from orfeas_pipelines.api.app import Batcher, each_of
+
+    batches = []
+
+    def square(item):
+        if item == 3:
+            raise ValueError("three")
+        return item * item
+
+    def handle(items):
+        batches.append(list(items))
+        return each_of(square)(items)
+
+    async def submit_all():
+        batcher = Batcher(handle)
+        return await asyncio.gather(*(batcher.submit(item) for item in range(6)), return_exceptions=True)
+
+    answers = asyncio.run(submit_all())
+    assert answers[:3] == [0, 1, 4] and answers[4:] == [16, 25]
+    assert isinstance(answers[3], ValueError), "an item's exception answers that item only"
+    assert sorted(item for batch in batches for item in batch) == list(range(6)) and len(batches) < 6
