@@ -70,7 +70,7 @@ def test_runs_from_several_ticks_execute_on_both_workers_at_overlapping_times(de
     app, queue = worker_app()
     workers = [f"gpu{index}@{socket.gethostname()}" for index in range(2)]
     # The workers stop taking tasks while two ticks queue their runs, so that the two runs start
-    # together whatever the machine's speed, instead of racing the sensor's 15 s interval.
+    # together whatever the machine's speed, instead of racing the sensor's interval.
     app.control.cancel_consumer(queue, destination=workers, reply=True)
     job_ids = []
     for tick in (1, 2):
