@@ -38,6 +38,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """SQLite event storage that reuses one engine (and its connection) per shard."""
 
     def __init__(self, base_dir: str, inst_data=None):
+        if not os.path.isabs(base_dir):
+            raise ValueError(
+                f"event log base_dir {base_dir!r} must be an absolute path (`orfeas init` writes the home's dagster.yaml)"
+            )
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         super().__init__(base_dir, inst_data=inst_data)
         _ALL_STORAGES.add(self)

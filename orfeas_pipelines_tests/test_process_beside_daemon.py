@@ -126,5 +126,7 @@ def test_process_beside_the_daemons_sensor_generates_every_image_exactly_once(da
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
     ran = Counter(key for run in runs for key in run_partition_keys(daemon, run))
     assert set(ran.values()) == {1}, f"an image was in more than one run: {ran}"
-    by_daemon = [run for run in runs if PROCESS_TAG not in run.tags]
-    assert by_daemon and len(by_daemon) < len(runs), "both the daemon and `orfeas process` ran images"
+    # Which of the two wins each wave depends on timing (the sensor ticks every 4 s, a CLI
+    # process needs about as long to start); the daemon always runs some. The deterministic
+    # races are the two tests above.
+    assert [run for run in runs if PROCESS_TAG not in run.tags], "the daemon ran images"

@@ -17,7 +17,6 @@ terminal. Where the time goes comes from the Dagster run record and its events:
 from __future__ import annotations
 
 import random
-import shutil
 import statistics
 import tempfile
 import time
@@ -45,14 +44,14 @@ def bench_end_to_end(
     """
     from dagster import DagsterInstance
 
-    from orfeas_pipelines.deploy.cluster import REPO_ROOT, service_commands, start_services, stop_services
+    from orfeas_pipelines.deploy.cluster import service_commands, start_services, stop_services
     from orfeas_pipelines.deploy.servers import free_port
     from orfeas_pipelines.lib.intake.registry import create_agent
+    from orfeas_pipelines.runner import install_instance_config
 
     with tempfile.TemporaryDirectory(prefix="orfeas-bench-e2e-", dir=tmp_dir) as root:
         home = OrfeasHome.at(Path(root) / "home").ensure()
-        home.dagster_home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO_ROOT / "orfeas_pipelines" / "dagster.yaml", home.dagster_home / "dagster.yaml")
+        install_instance_config(home)
         DagsterInstance.from_config(str(home.dagster_home)).dispose()  # the schema, before the daemon races us to it
         agent = create_agent(home.agents_file, "bench-e2e", rate_per_minute=600)
         port = port or free_port()

@@ -1,9 +1,7 @@
 """`orfeas worker` refuses, in one line, an instance that does not launch runs on Celery."""
 
-import shutil
-from importlib.resources import files
-
 from orfeas_pipelines.cli import main
+from orfeas_pipelines.runner import install_instance_config
 
 
 def test_worker_without_an_instance_config_names_the_missing_file(home, monkeypatch, capsys):
@@ -15,8 +13,7 @@ def test_worker_without_an_instance_config_names_the_missing_file(home, monkeypa
 
 
 def test_worker_on_an_instance_without_the_celery_launcher_says_so(home, monkeypatch, capsys):
-    home.dagster_home.mkdir(parents=True)
-    shutil.copyfile(str(files("orfeas_pipelines") / "dagster.yaml"), home.dagster_home / "dagster.yaml")
+    install_instance_config(home)
     monkeypatch.setenv("DAGSTER_HOME", str(home.dagster_home))
     assert main(["worker", "--home", str(home.root)]) == 1
     assert "not dagster_celery's CeleryRunLauncher" in capsys.readouterr().err

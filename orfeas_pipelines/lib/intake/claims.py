@@ -14,7 +14,6 @@ same: an evaluation from a staler cursor must still skip it.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
@@ -54,9 +53,8 @@ class ImageClaims:
         (before None: no bound) that no live claim of another evaluation holds; items have `.seq`."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            self._forget_dead(now)
             live = self.held_elsewhere(owner, now)
-            live_lasts = json.dumps([last for _, last in live])
-            self._db.execute("DELETE FROM claims WHERE last_seq NOT IN (SELECT value FROM json_each(?))", (live_lasts,))
             picked, after = [], cursor
             for first, last in [*live, (None, None)]:
                 if last is not None and last <= after:
@@ -75,6 +73,14 @@ class ImageClaims:
         self._db.execute("COMMIT")
         return picked
 
+
+    def _forget_dead(self, now: float) -> None:
+        """Drop claims whose owner ended or that are older than CLAIM_GRACE_SECONDS. An owner's
+        own claims stay until then: its next evaluation (a daemon ticks every few seconds) must
+        not release images another process, evaluating from an older cursor, would then take."""
+        rows = self._db.execute("SELECT last_seq, owner, at FROM claims").fetchall()
+        dead = [(last,) for last, claim_owner, at in rows if now - at > CLAIM_GRACE_SECONDS or is_gone(claim_owner)]
+        self._db.executemany("DELETE FROM claims WHERE last_seq = ?", dead)
 
     def held_elsewhere(self, owner: str, now: float) -> list[tuple[int, int]]:
         """(first, last) seq ranges that live evaluations other than `owner` claimed: images they may

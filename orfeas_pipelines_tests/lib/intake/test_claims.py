@@ -64,3 +64,10 @@ def test_a_claim_a_cursor_has_passed_still_holds_against_a_staler_cursor(claims)
     claims.claim_next(0, LIVE_OTHER, 100.0, pick_from(4))
     assert claims.claim_next(4, ME, 101.0, pick_from(4)) == []
     assert claims.claim_next(0, f"{HOST}:1", 102.0, pick_from(4)) == []
+
+
+def test_an_owners_next_evaluation_keeps_its_claim_from_an_evaluation_on_an_older_cursor(claims):
+    assert seqs(claims.claim_next(0, LIVE_OTHER, 100.0, pick_from(4))) == [1, 2, 3, 4]
+    assert claims.claim_next(4, LIVE_OTHER, 104.0, pick_from(4)) == []  # the daemon ticks again: nothing new
+    # Another process evaluates from the cursor it read before the first tick was stored.
+    assert seqs(claims.claim_next(0, ME, 105.0, pick_from(6))) == [5, 6]
