@@ -79,14 +79,15 @@ def evaluate_intake(
             images = ledger.images_after(start, limit + 1)
             return _whole_jobs([image for image in images if before is None or image.seq < before], limit)
 
-        pending = claims.claim_next(after, owner or this_process(), now.timestamp(), pick)
+        claimed = claims.claim_next(after, owner or this_process(), now.timestamp(), pick)
+    pending = claimed.images
     summary = (
         f"accepted {len(outcome.accepted)}, rejected {len(outcome.rejected)}, "
         f"deferred {len(outcome.deferred)}, waiting {outcome.remaining}"
     )
     _log_outcome(log or logging.getLogger(__name__), outcome, summary)
     if not pending:
-        return dg.SensorResult(skip_reason=f"no new images ({summary})", cursor=str(after))
+        return dg.SensorResult(skip_reason=f"no new images ({summary})", cursor=str(claimed.through))
     keys = [image.partition_key for image in pending]
     first, last = pending[0].seq, pending[-1].seq
     return dg.SensorResult(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -30,6 +31,14 @@ CLAIM_GRACE_SECONDS = 600.0
 def this_process() -> str:
     """The claim owner of this process: `host:pid`."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What one evaluation claimed, and how far from its cursor the images are handed out."""
+
+    images: list
+    through: int
 
 
 class ImageClaims:
@@ -48,19 +57,29 @@ class ImageClaims:
     def __exit__(self, *_) -> None:
         self._db.close()
 
-    def claim_next(self, cursor: int, owner: str, now: float, pick: Callable[[int, int | None], Sequence]) -> list:
+    def claim_next(self, cursor: int, owner: str, now: float, pick: Callable[[int, int | None], Sequence]) -> Claimed:
         """Claim and return what `pick(after, before)` chooses among images with after < seq < before
-        (before None: no bound) that no live claim of another evaluation holds; items have `.seq`."""
+        (before None: no bound) that no live claim holds; items have `.seq`.
+
+        An owner's own live claim met on the way is handed out again exactly as claimed (the
+        same range, so the same run key: a retried tick creates no second run) and never
+        merged with newer images, which under another run key would run its images twice.
+        `through` is how far the images are handed out from `cursor`: the last image returned,
+        or the end of the live claims skipped, so an evaluation that found everything taken
+        never stores a cursor behind the one that took it.
+        """
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._forget_dead(now)
-            live = self.held_elsewhere(owner, now)
             picked, after = [], cursor
-            for first, last in [*live, (None, None)]:
+            for first, last, claim_owner in [*self._live(), (None, None, None)]:
                 if last is not None and last <= after:
                     continue
                 picked = list(pick(after, first))
                 if picked or last is None:
+                    break
+                if claim_owner == owner:
+                    picked = list(pick(first - 1, last + 1))
                     break
                 after = last
             if picked:
@@ -71,8 +90,11 @@ class ImageClaims:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        return picked
+        return Claimed(picked, picked[-1].seq if picked else after)
 
+    def _live(self) -> list[tuple[int, int, str]]:
+        """(first, last, owner) of every claim still standing (dead ones are forgotten first)."""
+        return self._db.execute("SELECT first_seq, last_seq, owner FROM claims ORDER BY first_seq").fetchall()
 
     def _forget_dead(self, now: float) -> None:
         """Drop claims whose owner ended or that are older than CLAIM_GRACE_SECONDS. An owner's

@@ -29,8 +29,8 @@ def pick_from(last_seq: int, limit: int = 100):
     return pick
 
 
-def seqs(images):
-    return [image.seq for image in images]
+def seqs(claimed):
+    return [image.seq for image in claimed.images]
 
 
 @pytest.fixture
@@ -43,6 +43,8 @@ def test_a_stale_cursor_skips_what_a_live_evaluation_claimed(claims):
     assert seqs(claims.claim_next(0, LIVE_OTHER, 100.0, pick_from(4))) == [1, 2, 3, 4]
     assert seqs(claims.claim_next(0, ME, 101.0, pick_from(8))) == [5, 6, 7, 8]
     assert seqs(claims.claim_next(0, ME, 102.0, pick_from(8))) == [5, 6, 7, 8], "its own claim, offered again"
+    again = claims.claim_next(0, ME, 103.0, pick_from(12))
+    assert seqs(again) == [5, 6, 7, 8] and again.through == 8, "as claimed: never merged with newer images"
 
 
 def test_a_gap_below_a_live_claim_is_handed_out_without_crossing_it(claims):
@@ -62,12 +64,14 @@ def test_a_claim_of_a_gone_process_or_past_the_grace_is_offered_again_as_the_sam
 
 def test_a_claim_a_cursor_has_passed_still_holds_against_a_staler_cursor(claims):
     claims.claim_next(0, LIVE_OTHER, 100.0, pick_from(4))
-    assert claims.claim_next(4, ME, 101.0, pick_from(4)) == []
-    assert claims.claim_next(0, f"{HOST}:1", 102.0, pick_from(4)) == []
+    assert seqs(claims.claim_next(4, ME, 101.0, pick_from(4))) == []
+    taken = claims.claim_next(0, f"{HOST}:1", 102.0, pick_from(4))
+    assert seqs(taken) == [] and taken.through == 4, "the cursor moves past what others took, never back"
 
 
 def test_an_owners_next_evaluation_keeps_its_claim_from_an_evaluation_on_an_older_cursor(claims):
     assert seqs(claims.claim_next(0, LIVE_OTHER, 100.0, pick_from(4))) == [1, 2, 3, 4]
-    assert claims.claim_next(4, LIVE_OTHER, 104.0, pick_from(4)) == []  # the daemon ticks again: nothing new
+    idle = claims.claim_next(4, LIVE_OTHER, 104.0, pick_from(4))  # the daemon ticks again: nothing new
+    assert seqs(idle) == [] and idle.through == 4
     # Another process evaluates from the cursor it read before the first tick was stored.
     assert seqs(claims.claim_next(0, ME, 105.0, pick_from(6))) == [5, 6]
