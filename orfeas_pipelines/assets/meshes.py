@@ -309,7 +309,10 @@ def _deliver_window(
         evaluations, leaked = window.checked.result()
         outcomes = {key: future.result() for key, future in prepared.items()}
         for key, outcome in outcomes.items():
-            discard(outcome) if leaked else publish(key, outcome)
+            if leaked:
+                discard(outcome)
+            else:
+                publish(key, outcome)
     for stage, seconds in window.seconds.items():
         tally.seconds[stage] += seconds
     for evaluation in evaluations:
