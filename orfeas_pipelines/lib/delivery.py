@@ -127,6 +127,7 @@ def prepare(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
     try:
         for fmt, data in files.items():
             final = folder / f"{stem}.{fmt}"
+            _remove_leftovers(final)
             delivery.staged[write_staged(final, data)] = final
     except OSError as error:
         discard(delivery)
@@ -154,6 +155,13 @@ def publish(key: str, delivery: Delivery) -> Delivery:
         discard(delivery)
         delivery.failure = Failure(f"{key}: cannot write files ({error})", "io_error", retryable=True)
     return delivery
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Temp files of `final` that a killed run prepared and never published (`write_staged`
+    names them `.<name>.<hex>.tmp`); the image is delivered again now, by one run."""
+    for leftover in final.parent.glob(f".{final.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def discard(delivery: Delivery) -> None:

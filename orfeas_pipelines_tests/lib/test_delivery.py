@@ -81,3 +81,12 @@ def test_previews_and_meshes_honour_the_umask(home, request_and_result):
         os.umask(previous)
     modes = {path.stat().st_mode & 0o777 for path in delivered_files(delivery.folder)}
     assert modes == {0o640}
+
+
+def test_temp_files_a_killed_run_left_are_removed_when_the_image_is_delivered_again(home, request_and_result):
+    request, result = request_and_result
+    killed = prepare(home, request, result)  # prepared, then the run died before publishing
+    assert killed.staged
+    delivery = publish(request.key, prepare(home, request, result))
+    assert delivery.failure is None
+    assert [path.name for path in delivery.folder.iterdir() if path.name.endswith(".tmp")] == []
