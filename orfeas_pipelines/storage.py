@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
@@ -68,14 +69,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             self.conn_string_for_shard(shard),
             poolclass=QueuePool,
             pool_size=1,
-            max_overflow=4,
+            max_overflow=4,  # creating a shard's tables inspects it on a second connection
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
         )
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
         self._engines[shard] = engine
-        run_shards = [name for name in self._engines if name != "index"]
+        run_shards = [name for name in self._engines if name != INDEX_SHARD_NAME]
         for name in run_shards[: max(0, len(run_shards) - OPEN_RUN_SHARDS)]:
             self._engines.pop(name).dispose()
         return engine

@@ -54,7 +54,7 @@ def evaluate_intake(
     intake verified; the run carries the home in its resource config. The tick's counts and
     each rejection go to `log` (the tick log in the UI) and to the skip reason.
     """
-    from orfeas_pipelines.lib.intake.claims import ImageClaims, this_process
+    from orfeas_pipelines.lib.intake.claims import ImageClaims, claims_path, this_process
     from orfeas_pipelines.lib.intake.inbox import process_inbox
     from orfeas_pipelines.lib.intake.ledger import open_ledger
     from orfeas_pipelines.lib.intake.registry import AgentRegistry
@@ -64,7 +64,7 @@ def evaluate_intake(
     now = now or datetime.now(timezone.utc)
     limit = settings.max_images_per_run
 
-    with open_ledger(home) as ledger, ImageClaims(home.state / "claims.sqlite") as claims:
+    with open_ledger(home) as ledger, ImageClaims(claims_path(home)) as claims:
         outcome = process_inbox(
             home,
             AgentRegistry.load(home.agents_file),

@@ -4,12 +4,11 @@ The daemon's sensor and `orfeas process` evaluate the same sensor, each from the
 read when its tick began. A cursor read before the other's tick stored its own is stale:
 evaluating from it would request the other's images again under another run key
 (`images-1-4` beside `images-1-2`), and both runs would mesh them. So an evaluation claims
-the images it hands out, in one transaction, and skips the claims of other evaluations that
-are still in flight. A claim is void, and its images are offered again (as the same range,
-so under the same run key, which stops a second launch), when it is the caller's own (its
-tick failed before the cursor moved past it), when its process is gone, or when it is older
-than CLAIM_GRACE_SECONDS. A claim the caller's cursor has passed is kept until then all the
-same: an evaluation from a staler cursor must still skip it.
+the images it hands out, in one transaction, and skips every live claim. An evaluation that
+meets its own live claim (its tick failed before the cursor moved past it) hands it out again
+exactly as claimed, so under the same run key, which stops a second launch. A claim dies when
+its process is gone or when it is older than CLAIM_GRACE_SECONDS, and its images are then
+offered again; until then it holds even after the cursors passed it.
 """
 
 from __future__ import annotations
@@ -31,6 +30,10 @@ CLAIM_GRACE_SECONDS = 600.0
 def this_process() -> str:
     """The claim owner of this process: `host:pid`."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claims_path(home: OrfeasHome) -> Path:
+    return home.state / "claims.sqlite"
 
 
 @dataclass(frozen=True)
@@ -101,14 +104,16 @@ class ImageClaims:
         own claims stay until then: its next evaluation (a daemon ticks every few seconds) must
         not release images another process, evaluating from an older cursor, would then take."""
         rows = self._db.execute("SELECT last_seq, owner, at FROM claims").fetchall()
-        dead = [(last,) for last, claim_owner, at in rows if now - at > CLAIM_GRACE_SECONDS or is_gone(claim_owner)]
+        dead = [(last,) for last, claim_owner, at in rows if _is_dead(claim_owner, at, now)]
         self._db.executemany("DELETE FROM claims WHERE last_seq = ?", dead)
 
     def held_elsewhere(self, owner: str, now: float) -> list[tuple[int, int]]:
         """(first, last) seq ranges that live evaluations other than `owner` claimed: images they may
         still be registering, whose run may not exist yet (a drain must leave them alone)."""
         rows = self._db.execute("SELECT first_seq, last_seq, owner, at FROM claims ORDER BY first_seq").fetchall()
-        return [(first, last) for first, last, claim_owner, at in rows if not _is_void(claim_owner, at, owner, now)]
+        return [
+            (first, last) for first, last, claim_owner, at in rows if claim_owner != owner and not _is_dead(claim_owner, at, now)
+        ]
 
 
 def keys_claimed_elsewhere(home: OrfeasHome, owner: str, now: float) -> set[str]:
@@ -116,9 +121,9 @@ def keys_claimed_elsewhere(home: OrfeasHome, owner: str, now: float) -> set[str]
     home's `state/claims.sqlite`), for the drain to leave alone."""
     from orfeas_pipelines.lib.intake.ledger import open_ledger
 
-    if not (home.state / "claims.sqlite").exists():
+    if not claims_path(home).exists():
         return set()
-    with ImageClaims(home.state / "claims.sqlite") as claims, open_ledger(home) as ledger:
+    with ImageClaims(claims_path(home)) as claims, open_ledger(home) as ledger:
         return {
             image.partition_key
             for first, last in claims.held_elsewhere(owner, now)
@@ -126,8 +131,8 @@ def keys_claimed_elsewhere(home: OrfeasHome, owner: str, now: float) -> set[str]
         }
 
 
-def _is_void(claim_owner: str, at: float, owner: str, now: float) -> bool:
-    return claim_owner == owner or now - at > CLAIM_GRACE_SECONDS or is_gone(claim_owner)
+def _is_dead(claim_owner: str, at: float, now: float) -> bool:
+    return now - at > CLAIM_GRACE_SECONDS or is_gone(claim_owner)
 
 
 def is_gone(owner: str) -> bool:
