@@ -309,10 +309,10 @@ def _agent_secret(args: argparse.Namespace) -> str:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from orfeas_pipelines.runner import install_instance_config
+    from orfeas_pipelines.runner import init_home
 
-    home = OrfeasHome.at(args.home).ensure()
-    print(f"{home.root}: DAGSTER_HOME={install_instance_config(home).parent}")
+    home = OrfeasHome.at(args.home)
+    print(f"{home.root}: DAGSTER_HOME={init_home(home).parent}")
     return 0
 
 

@@ -22,6 +22,7 @@ import dagster as dg
 from filelock import FileLock, Timeout
 
 from orfeas_pipelines.lib.home import OrfeasHome, write_bytes_atomic
+from orfeas_pipelines.partitions import images_partitions
 
 LOCATION_NAME = "orfeas_pipelines"
 """The code location's name in workspace.yaml and pyproject.toml; sensor state is keyed by it."""
@@ -53,6 +54,17 @@ def install_instance_config(home: OrfeasHome) -> Path:
     if not config.exists():
         template = (files("orfeas_pipelines") / "dagster.yaml").read_text()
         write_bytes_atomic(config, template.replace("DAGSTER_HOME_DIR", str(home.dagster_home.resolve())).encode())
+    return config
+
+
+def init_home(home: OrfeasHome) -> Path:
+    """`orfeas init`: the home's folders, its instance config and the instance's databases,
+    created once so that no later command pays for them; returns the config's path."""
+    home.ensure()
+    config = install_instance_config(home)
+    with open_instance(home) as instance:
+        instance.get_runs(limit=1)
+        instance.get_dynamic_partitions(images_partitions.name)
     return config
 
 

@@ -6,9 +6,13 @@ recompiles every statement for each group of statements it runs: about 5 ms of a
 evaluations) and once per image at intake (`source_image`). This subclass keeps one engine
 for the index shard and for the last few run shards, so the same events cost about 2 ms.
 
-It is a drop-in: the same files (`history/runs/<run_id>.db` and `index.db`), schema, locking
-and durability (WAL, SQLite's default synchronous mode), so processes using it and processes
-using Dagster's own class (an older home's webserver, a tool) share one event log. Postgres
+It is a drop-in: the same files (`history/runs/<run_id>.db` and `index.db`), schema and
+locking, so processes using it and processes using Dagster's own class (an older home's
+webserver, a tool) share one event log. Its connections commit with `synchronous=NORMAL`, the
+setting SQLite recommends for WAL databases: a commit no longer waits for the disk to confirm
+(about 0.7 ms of an event's 2 ms here), a killed process loses nothing, and a power cut or
+kernel crash may undo the last few events but never corrupts the log. An event lost that way
+is an image whose delivery is not recorded, so it is delivered again; nothing is lost. Postgres
 (`deploy/dagster.yaml`) replaces all of this in a deployment.
 """
 
@@ -25,7 +29,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
@@ -72,6 +76,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             max_overflow=4,  # creating a shard's tables inspects it on a second connection
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
         )
+        event.listen(engine, "connect", _use_wal_without_waiting_for_the_disk)
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
@@ -101,6 +106,15 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock:
             self._close_engines()
         super().dispose()
+
+
+def _use_wal_without_waiting_for_the_disk(connection, _record) -> None:
+    """WAL with its recommended durability (module docstring): consistent after any crash,
+    fsync at checkpoints. Set on every connection, outside any transaction: Dagster's own
+    `PRAGMA journal_mode=WAL` runs inside the new shard's first transaction, where SQLite
+    ignores it when the engine keeps its connection (run shards stayed in rollback mode)."""
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _forget_connections_in_child() -> None:

@@ -219,11 +219,12 @@ def test_process_on_a_full_disk_is_one_line_and_the_next_process_finishes(home, 
     assert main(["status", job_id, "--home", str(home.root)]) == 0
 
 
-def test_init_creates_the_home_and_its_instance_config_once(tmp_path, capsys):
+def test_init_creates_the_home_its_instance_config_and_databases_once(tmp_path, capsys):
     root = tmp_path / "fresh"
     assert main(["init", "--home", str(root)]) == 0
     config = root / "dagster" / "dagster.yaml"
     assert f"base_dir: {(root / 'dagster').resolve()}/history/runs" in config.read_text()
+    assert (root / "dagster" / "history" / "runs.db").is_file() and (root / "dagster" / "history" / "runs" / "index.db").is_file()
     assert (root / "inbox").is_dir() and (root / "outbox").is_dir()
     assert capsys.readouterr().out.strip() == f"{root}: DAGSTER_HOME={root / 'dagster'}"
     config.write_text(config.read_text() + "# edited by hand\n")

@@ -43,3 +43,12 @@ def test_only_a_few_run_shards_stay_open_and_a_deleted_run_closes_its_own(tmp_pa
     assert "c" not in events._engines
     events.dispose()
     assert not events._engines
+
+
+def test_shards_stay_in_wal_mode_and_commit_without_waiting_for_the_disk(tmp_path):
+    events = PooledSqliteEventLogStorage(str(tmp_path))
+    for shard in ("index", "a-run"):
+        with events._connect(shard) as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL; SQLite's default is 2
+    events.dispose()

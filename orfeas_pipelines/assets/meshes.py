@@ -47,10 +47,10 @@ warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec
 
 MESH = dg.AssetKey("mesh")
 MIN_WINDOW = 4
-DELIVERY_NICENESS = 10
-"""How much lower than generation the delivery threads are scheduled (see `_yield_to_generation`)."""
 """Fewest images a window of a larger run holds: smaller batches would cost the device more
 than the overlap of generation and delivery saves."""
+DELIVERY_NICENESS = 10
+"""How much lower than generation the delivery threads are scheduled (see `_yield_to_generation`)."""
 VALID_CHECK = "mesh_is_valid"
 BATCH_CHECK = "batch_matches_sequential"
 
@@ -183,16 +183,26 @@ def mesh(
 
 
 def _windows(keys: list[str], images_in_memory: int) -> list[list[str]]:
-    """The run's keys in windows of about equal size: at most half of `images_in_memory` (one
-    window is generated while the one before it is delivered), and a quarter of the run for
-    a small run (at least MIN_WINDOW images), so a small run also delivers while it generates
-    and its last window, whose delivery nothing overlaps, is short."""
+    """The run's keys in windows: at most half of `images_in_memory` (one window is generated
+    while the one before it is delivered), a quarter of the run for a small run (at least
+    MIN_WINDOW images), so a small run also delivers while it generates.
+
+    The windows grow from MIN_WINDOW at the start and shrink back to it at the end (doubling
+    and halving): the first delivery starts soon after the run does, and the last window,
+    whose delivery nothing overlaps, is short. The middle windows are about equal.
+    """
     if not keys:
         return []
     largest = min(images_in_memory // 2, max(MIN_WINDOW, -(-len(keys) // 4)))
-    count = -(-len(keys) // largest)
-    size = -(-len(keys) // count)
-    return [keys[start : start + size] for start in range(0, len(keys), size)]
+    ramp, size = [], MIN_WINDOW
+    while size < largest and len(keys) - 2 * (sum(ramp) + size) >= largest:
+        ramp.append(size)
+        size *= 2
+    middle = len(keys) - 2 * sum(ramp)
+    count = -(-middle // largest)
+    sizes = [*ramp, *(middle // count + (index < middle % count) for index in range(count)), *reversed(ramp)]
+    starts = [sum(sizes[:index]) for index in range(len(sizes))]
+    return [keys[start : start + size] for start, size in zip(starts, sizes)]
 
 
 @dataclass

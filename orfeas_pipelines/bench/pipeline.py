@@ -60,7 +60,7 @@ def bench_pipeline(images: int = 32, resolution: int = 128, repeats: int = 3) ->
             generator_times.append(time.perf_counter() - started)
             if not all(result.ok for result in results):
                 raise RuntimeError("bench pipeline: the generator failed on a sample image")
-            rows.append(_end_to_end(OrfeasHome.at(Path(tmp) / f"home-{repeat}").ensure(), paths, resolution))
+            rows.append(_end_to_end(OrfeasHome.at(Path(tmp) / f"home-{repeat}"), paths, resolution))
     all_end_to_end = "/".join(f"{row['end_to_end_seconds']:.1f}" for row in rows)
     best = min(rows, key=lambda row: row["end_to_end_seconds"])
     end_to_end = best.pop("end_to_end_seconds")
@@ -77,12 +77,14 @@ def bench_pipeline(images: int = 32, resolution: int = 128, repeats: int = 3) ->
 
 
 def _end_to_end(home: OrfeasHome, paths: list[Path], resolution: int) -> dict[str, Any]:
-    """Submit one job per image (not timed), then time `orfeas process` and split it by stage."""
+    """`orfeas init` and one job per image (neither timed), then time `orfeas process` and
+    split it by stage."""
     from orfeas_pipelines.lib import outbox
     from orfeas_pipelines.lib.intake.registry import create_agent
     from orfeas_pipelines.lib.intake.submit import write_job
-    from orfeas_pipelines.runner import open_instance, process_once
+    from orfeas_pipelines.runner import init_home, open_instance, process_once
 
+    init_home(home)
     agent = create_agent(home.agents_file, "bench", rate_per_minute=1_000_000, max_images=1)
     job_ids = [write_job(home, [path], agent.agent_id, agent.secret, formats=FORMATS, resolution=resolution) for path in paths]
     started = time.perf_counter()
@@ -117,4 +119,4 @@ def _warm_up(root: Path, resolution: int) -> None:
     """One job through the whole path, so imports and caches are warm for the timed run."""
     from orfeas_pipelines.lib.samples import sample_image_paths
 
-    _end_to_end(OrfeasHome.at(root).ensure(), sample_image_paths()[:1], resolution)
+    _end_to_end(OrfeasHome.at(root), sample_image_paths()[:1], resolution)

@@ -9,7 +9,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from orfeas_pipelines.assets.meshes import BATCH_CHECK, MESH, VALID_CHECK, mesh
+from orfeas_pipelines.assets.meshes import BATCH_CHECK, MESH, VALID_CHECK, mesh, _windows
 from orfeas_pipelines.definitions import defs
 from orfeas_pipelines.lib import outbox
 from orfeas_pipelines.lib.generation.base import register_generator
@@ -136,6 +136,17 @@ def test_blocking_check_fails_a_batch_sensitive_generator_and_delivers_nothing(h
     for job_id in job_ids:
         image = outbox.read_status(home, job_id)["images"][0]
         assert image["state"] == "failed" and "blocking asset check" in image["error"]
+
+
+def test_windows_grow_at_the_start_shrink_at_the_end_and_fit_in_memory():
+    keys = [f"job{index}/a.png" for index in range(256)]
+    windows = _windows(keys, images_in_memory=64)
+    sizes = [len(window) for window in windows]
+    assert [key for window in windows for key in window] == keys
+    assert sizes[:3] == [4, 8, 16] and sizes[-3:] == [16, 8, 4]
+    assert max(sizes) <= 32, "two windows in memory at a time"
+    assert [len(window) for window in _windows(keys[:32], 64)] == [4, 8, 8, 8, 4]
+    assert [len(window) for window in _windows(keys[:3], 64)] == [3]
 
 
 def test_the_recheck_catches_a_leak_between_neighbours_only(home, agent, instance, image_files):
