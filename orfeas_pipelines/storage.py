@@ -24,11 +24,15 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
 
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
+from dagster_shared.serdes import serialize_value
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
@@ -106,6 +110,25 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock:
             self._close_engines()
         super().dispose()
+
+    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
+        """The rows Dagster writes, one per planned partition, with the event serialized once
+        instead of once per row: a range run plans each check for all its partitions, so
+        Dagster's loop costs N serializations of an N-key event (0.2 s at 256 images, growing
+        with the square of the range)."""
+        planned = event.get_dagster_event().event_specific_data
+        partition_keys = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        row = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": serialize_value(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert().values([{**row, "partition": key} for key in partition_keys]))
 
 
 def _use_wal_without_waiting_for_the_disk(connection, _record) -> None:

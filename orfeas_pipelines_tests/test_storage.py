@@ -52,3 +52,32 @@ def test_shards_stay_in_wal_mode_and_commit_without_waiting_for_the_disk(tmp_pat
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL; SQLite's default is 2
     events.dispose()
+
+
+def test_a_planned_check_writes_the_rows_dagster_writes_with_the_event_serialized_once(tmp_path, monkeypatch):
+    from dagster._core.events import AssetCheckEvaluationPlanned, DagsterEvent, DagsterEventType
+    from dagster._core.events.log import EventLogEntry
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+
+    from orfeas_pipelines.partitions import images_partitions
+
+    keys = [f"job{index}/a.png" for index in range(50)]
+    subset = images_partitions.empty_subset().with_partition_keys(keys)
+    planned = AssetCheckEvaluationPlanned(asset_key=dg.AssetKey("mesh"), check_name="mesh_is_valid", partitions_subset=subset)
+    event = EventLogEntry(
+        error_info=None, level=20, user_message="", run_id="run-1", timestamp=1.0, job_name="mesh_job",
+        dagster_event=DagsterEvent(DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value, "mesh_job", event_specific_data=planned),
+    )
+    serialized = []
+    monkeypatch.setattr(storage, "serialize_value", lambda value: serialized.append(value) or dg.serialize_value(value))
+
+    def rows(events):
+        events._store_asset_check_evaluation_planned(event, 7)
+        with events.index_connection() as conn:
+            found = conn.execute(AssetCheckExecutionsTable.select().order_by(AssetCheckExecutionsTable.c.partition)).fetchall()
+        return [tuple(value for name, value in row._mapping.items() if name not in ("id", "create_timestamp")) for row in found]
+
+    ours = rows(PooledSqliteEventLogStorage(str(tmp_path / "ours")))
+    assert len(serialized) == 1
+    assert ours == rows(SqliteEventLogStorage(str(tmp_path / "dagster")))
+    assert [row[2] for row in ours] == sorted(keys)

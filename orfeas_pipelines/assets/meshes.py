@@ -162,9 +162,9 @@ def mesh(
     home = orfeas_home.home
     keys = _keys_to_run(context)
     tally = RunTally()
-    with tally.stage("status"):
-        settle_cursor = settle_run(context.instance, context.run, home, keys)
     with WindowGenerator(config, home, mesh_generator, _windows(keys, config.images_in_memory), tally) as windows:
+        with tally.stage("status"):  # the images are running: said while the first window generates
+            settle_cursor = settle_run(context.instance, context.run, home, keys)
         for window in windows:
             leaked = yield from _deliver_window(context, home, mesh_generator, window, tally)
             with tally.stage("status"):
