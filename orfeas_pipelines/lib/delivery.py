@@ -99,7 +99,7 @@ def prepare(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
     mask over it and, when there is one, the mesh.
     """
     from orfeas_pipelines.lib.export import encode_mesh
-    from orfeas_pipelines.lib.meshes import inspect_mesh
+    from orfeas_pipelines.lib.meshes import FaceGeometry, inspect_mesh
     from orfeas_pipelines.lib.preview import png_bytes, render_preview_rgba
 
     key = request.key
@@ -111,24 +111,25 @@ def prepare(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
         failure = Failure(result.error or f"{key}: no mesh produced", "generation_failed", result.retryable)
         return Delivery({}, metrics, quality, folder, failure, pictures=pictures_markdown(request.image, result.mask))
     started = time.perf_counter()
-    problems, facts = inspect_mesh(result.mesh)
+    geometry = FaceGeometry.of(result.mesh)
+    problems, facts = inspect_mesh(result.mesh, geometry)
     if problems:
         failure = Failure(f"{key}: {'; '.join(problems)}", "invalid_mesh")
         return Delivery({}, metrics, quality, folder, failure, pictures=pictures_markdown(request.image, result.mask))
     metrics.update(facts)
     validated = time.perf_counter()
     manifest = job_manifest(home, job_id)
-    files = encode_mesh(result.mesh, manifest.output.formats, manifest.params.size_mm)
+    files = encode_mesh(result.mesh, manifest.output.formats, manifest.params.size_mm, geometry)
     encoded = time.perf_counter()
     preview = render_preview_rgba(result.mesh)
     files[PREVIEW_FORMAT] = png_bytes(preview)
     previewed = time.perf_counter()
     delivery = Delivery({fmt: f"{stem}.{fmt}" for fmt in files if fmt != PREVIEW_FORMAT}, metrics, quality, folder)
     try:
+        finals = {fmt: folder / f"{stem}.{fmt}" for fmt in files}
+        _remove_leftovers(folder, [final.name for final in finals.values()])
         for fmt, data in files.items():
-            final = folder / f"{stem}.{fmt}"
-            _remove_leftovers(final)
-            delivery.staged[write_staged(final, data)] = final
+            delivery.staged[write_staged(finals[fmt], data)] = finals[fmt]
     except OSError as error:
         discard(delivery)
         return Delivery({}, metrics, quality, folder, Failure(f"{key}: cannot write files ({error})", "io_error", True))
@@ -157,11 +158,18 @@ def publish(key: str, delivery: Delivery) -> Delivery:
     return delivery
 
 
-def _remove_leftovers(final: Path) -> None:
-    """Temp files of `final` that a killed run prepared and never published (`write_staged`
-    names them `.<name>.<hex>.tmp`); the image is delivered again now, by one run."""
-    for leftover in final.parent.glob(f".{final.name}.*.tmp"):
-        leftover.unlink(missing_ok=True)
+def _remove_leftovers(folder: Path, names: list[str]) -> None:
+    """Temp files of these file names that a killed run prepared and never published
+    (`write_staged` names them `.<name>.<hex>.tmp`); the image is delivered again now, by one
+    run. One listing of the folder serves every name."""
+    prefixes = tuple(f".{name}." for name in names)
+    try:
+        with os.scandir(folder) as entries:
+            leftovers = [entry.path for entry in entries if entry.name.startswith(prefixes) and entry.name.endswith(".tmp")]
+    except FileNotFoundError:
+        return
+    for leftover in leftovers:
+        Path(leftover).unlink(missing_ok=True)
 
 
 def discard(delivery: Delivery) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import trimesh
 
 from orfeas_pipelines.lib.home import write_bytes_atomic
-from orfeas_pipelines.lib.meshes import face_cross
+from orfeas_pipelines.lib.meshes import FaceGeometry, squared_lengths
 
 MESH_FORMATS = ("stl", "glb", "obj", "ply")
 DEFAULT_SIZE_MM = 100.0
@@ -53,8 +53,11 @@ def export_mesh(
     return written
 
 
-def encode_mesh(mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = DEFAULT_SIZE_MM) -> dict[str, bytes]:
-    """Each format's file contents, {format: bytes}, as `export_mesh` writes them."""
+def encode_mesh(
+    mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = DEFAULT_SIZE_MM, geometry: FaceGeometry | None = None
+) -> dict[str, bytes]:
+    """Each format's file contents, {format: bytes}, as `export_mesh` writes them; pass the
+    mesh's `FaceGeometry` when the caller has it (validation computed it)."""
     formats = list(dict.fromkeys(formats))
     unknown = [fmt for fmt in formats if fmt not in MESH_FORMATS]
     if unknown:
@@ -63,7 +66,8 @@ def encode_mesh(mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = 
         raise ValueError(f"size_mm {size_mm!r} must be a positive number of millimetres")
     if len(mesh.faces) == 0:
         raise ValueError("cannot export an empty mesh")
-    return {fmt: _encoded(mesh, fmt, float(size_mm)) for fmt in formats}
+    geometry = geometry or FaceGeometry.of(mesh)
+    return {fmt: _encoded(mesh, fmt, float(size_mm), geometry) for fmt in formats}
 
 
 def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
@@ -72,16 +76,20 @@ def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
     return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
 
 
-def glb_bytes(mesh: trimesh.Trimesh) -> bytes:
+_LINEAR_OF_SRGB_BYTE = srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
+"""Linear light of each 8-bit sRGB value: a lookup costs a tenth of the curve per vertex."""
+
+
+def glb_bytes(mesh: trimesh.Trimesh, geometry: FaceGeometry | None = None) -> bytes:
     """glTF 2.0 binary of one mesh: float positions (with bounds), unit vertex normals,
     linear `COLOR_0` when the mesh has vertex colours, uint32 triangle indices."""
     if len(mesh.faces) == 0:
         raise ValueError("cannot write an empty mesh as GLB")
-    positions = np.asarray(mesh.vertices, dtype=np.float32)
-    attributes = {"POSITION": positions, "NORMAL": _unit_normals(mesh)}
+    geometry = geometry or FaceGeometry.of(mesh)
+    position_rows = geometry.vertices.astype(np.float32)
+    attributes = {"POSITION": np.ascontiguousarray(position_rows.T), "NORMAL": _unit_normals(geometry)}
     if mesh.visual.kind == "vertex":
-        srgb = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
-        attributes["COLOR_0"] = srgb_to_linear(srgb).astype(np.float32)
+        attributes["COLOR_0"] = _LINEAR_OF_SRGB_BYTE[np.asarray(mesh.visual.vertex_colors)[:, :3]]
     indices = np.asarray(mesh.faces, dtype=np.uint32).reshape(-1)
 
     blob, views, accessors = bytearray(), [], []
@@ -103,8 +111,8 @@ def glb_bytes(mesh: trimesh.Trimesh) -> bytes:
             "type": "SCALAR" if name == "indices" else "VEC3",
         }
         if name == "POSITION":
-            accessor["min"] = positions.min(axis=0).tolist()
-            accessor["max"] = positions.max(axis=0).tolist()
+            accessor["min"] = position_rows.min(axis=1).tolist()
+            accessor["max"] = position_rows.max(axis=1).tolist()
         accessors.append(accessor)
     primitive = {
         "attributes": {name: index for index, name in enumerate(attributes)},
@@ -135,49 +143,46 @@ def glb_bytes(mesh: trimesh.Trimesh) -> bytes:
     )
 
 
-def _encoded(mesh: trimesh.Trimesh, fmt: str, size_mm: float) -> bytes:
+def _encoded(mesh: trimesh.Trimesh, fmt: str, size_mm: float, geometry: FaceGeometry) -> bytes:
     if fmt == "glb":
-        return glb_bytes(mesh)
+        return glb_bytes(mesh, geometry)
     if fmt == "stl":
-        return _stl_bytes(_in_millimetres(mesh, size_mm), np.asarray(mesh.faces))
+        return _stl_bytes(_in_millimetres(geometry, size_mm))
     data = mesh.export(file_type=fmt)
     return data.encode() if isinstance(data, str) else data
 
 
-def _in_millimetres(mesh: trimesh.Trimesh, size_mm: float) -> np.ndarray:
-    """The vertices centred at the origin with the largest side `size_mm` (STL carries no
-    unit), as the float32 an STL stores."""
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    lower, upper = vertices.min(axis=0), vertices.max(axis=0)
+def _in_millimetres(geometry: FaceGeometry, size_mm: float) -> FaceGeometry:
+    """The geometry centred at the origin with the largest side `size_mm` (STL carries no
+    unit), in the float32 an STL stores."""
+    vertices = geometry.vertices
+    lower, upper = vertices.min(axis=1), vertices.max(axis=1)
     largest = float((upper - lower).max())
     if not math.isfinite(largest) or largest <= 0:
         raise ValueError(f"cannot scale a mesh whose largest side is {largest} to {size_mm} mm")
-    return ((vertices - (lower + upper) / 2) * (size_mm / largest)).astype(np.float32)
+    centre = ((lower + upper) / 2)[:, None]
+    return FaceGeometry.of_rows(((vertices - centre) * (size_mm / largest)).astype(np.float32), geometry.faces)
 
 
-def _stl_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
-    """Binary STL. Facet normals come from the stored float32 coordinates, so a sliver face's
-    normal agrees with what a reader (admesh, a slicer) recomputes from them."""
-    corners = vertices[faces]
-    normals = face_cross(corners.astype(np.float64))
-    lengths = np.sqrt(np.einsum("ij,ij->i", normals, normals))[:, None]
-    normals = np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0)
-    records = np.empty(len(faces), dtype=[("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
-    records["normal"] = normals
-    records["corners"] = corners
-    records["attribute"] = 0
-    return b"\0" * 80 + struct.pack("<I", len(faces)) + records.tobytes()
+_STL_RECORD = np.dtype([("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
 
 
-def _unit_normals(mesh: trimesh.Trimesh) -> np.ndarray:
-    """Area-weighted vertex normals of unit length in float32; a vertex whose faces cancel out
-    (no direction) gets +Z rather than a zero vector, which glTF forbids."""
-    vertices, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces)
-    weighted = face_cross(vertices[faces])
-    normals = np.stack(
-        [sum(np.bincount(faces[:, corner], weighted[:, axis], len(vertices)) for corner in range(3)) for axis in range(3)],
-        axis=1,
+def _stl_bytes(geometry: FaceGeometry) -> bytes:
+    """Binary STL of float32 geometry. Facet normals come from the stored float32 coordinates,
+    so a sliver face's normal agrees with what a reader (admesh, a slicer) recomputes from them."""
+    records = np.zeros(geometry.faces.shape[1], dtype=_STL_RECORD)
+    records["normal"] = geometry.unit_face_normals().T
+    records["corners"] = geometry.corners.transpose(2, 1, 0)
+    return b"".join([b"\0" * 80, struct.pack("<I", len(records)), records])
+
+
+def _unit_normals(geometry: FaceGeometry) -> np.ndarray:
+    """(V, 3) area-weighted vertex normals of unit length in float32; a vertex whose faces
+    cancel out (no direction) gets +Z rather than a zero vector, which glTF forbids."""
+    vertex_count = geometry.vertices.shape[1]
+    summed = np.stack(
+        [sum(np.bincount(corner, weights, vertex_count) for corner in geometry.faces) for weights in geometry.cross]
     )
-    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
-    normals = np.where(lengths > 1e-12, normals / np.maximum(lengths, 1e-300), [0.0, 0.0, 1.0])
-    return normals.astype(np.float32)
+    lengths = np.sqrt(squared_lengths(summed))
+    normals = np.where(lengths > 1e-12, summed / np.maximum(lengths, 1e-300), [[0.0], [0.0], [1.0]])
+    return np.ascontiguousarray(normals.T, dtype=np.float32)
