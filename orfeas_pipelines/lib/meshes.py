@@ -177,18 +177,26 @@ def _facts(
 
 
 def _edge_keys(faces: np.ndarray, vertex_count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each undirected edge once, packed as `low * vertex_count + high`, and how many faces
-    share it; `faces` is (3, F), one row per corner.
+    """Each undirected edge once, packed as `low * vertex_count + high` in increasing order,
+    and how many faces share it; `faces` is (3, F), one row per corner.
 
     Keys fit 32 bits below 65,536 vertices, where sorting them takes half the time.
     """
-    dtype = np.uint32 if vertex_count < 2**16 else np.int64
+    dtype = np.uint32 if vertex_count < 2**16 else np.uint64
     start = faces.astype(dtype)
     end = np.roll(start, -1, axis=0)
-    keys = (np.minimum(start, end) * dtype(vertex_count) + np.maximum(start, end)).ravel()
-    keys.sort()
+    keys = _radix_sorted((np.minimum(start, end) * dtype(vertex_count) + np.maximum(start, end)).ravel(), vertex_count**2)
     firsts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     return keys[firsts], np.diff(np.r_[firsts, len(keys)])
+
+
+def _radix_sorted(keys: np.ndarray, bound: int) -> np.ndarray:
+    """Unsigned `keys` below `bound` in increasing order, sorted 16 bits at a time from the
+    lowest: numpy's stable sort of 16-bit values is a radix sort, linear in their number,
+    where it compares wider integers; for a 50k-face mesh's edges it takes half the time."""
+    for shift in range(0, max(bound - 1, 1).bit_length(), 16):
+        keys = keys[np.argsort((keys >> keys.dtype.type(shift)).astype(np.uint16), kind="stable")]
+    return keys
 
 
 def squared_lengths(rows: np.ndarray) -> np.ndarray:
@@ -198,12 +206,17 @@ def squared_lengths(rows: np.ndarray) -> np.ndarray:
 
 
 def _vertex_groups(edge_keys: np.ndarray, vertex_count: int) -> int:
-    """Connected groups of vertices (as trimesh's body_count: unreferenced vertices count alone)."""
-    from scipy.sparse import coo_matrix
+    """Connected groups of vertices (as trimesh's body_count: unreferenced vertices count alone).
+
+    The keys are sorted by their low vertex, so they are the rows of a sparse graph as they are.
+    """
+    from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 
-    rows, columns = np.divmod(edge_keys.astype(np.int64), vertex_count)
-    graph = coo_matrix((np.ones(len(edge_keys), dtype=np.int8), (rows, columns)), shape=(vertex_count, vertex_count))
+    lows, highs = np.divmod(edge_keys, edge_keys.dtype.type(vertex_count))
+    row_starts = np.zeros(vertex_count + 1, dtype=np.int64)
+    np.cumsum(np.bincount(lows, minlength=vertex_count), out=row_starts[1:])
+    graph = csr_matrix((np.ones(len(edge_keys)), highs, row_starts), shape=(vertex_count, vertex_count))
     return int(connected_components(graph, directed=False)[0])
 
 
