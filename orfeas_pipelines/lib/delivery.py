@@ -180,12 +180,14 @@ def discard(delivery: Delivery) -> None:
 
 
 def pictures_markdown(image, mask, preview=None) -> str:
-    """Input, mask over the input and mesh preview side by side, each a small inline PNG."""
-    from orfeas_pipelines.lib.preview import mask_overlay_data_uri, thumbnail_data_uri
+    """Input, mask over the input and mesh preview side by side, each a small inline PNG
+    (the input shrunk once for both of its pictures)."""
+    from orfeas_pipelines.lib.preview import mask_overlay_data_uri, thumbnail, thumbnail_data_uri
 
-    cells = [("input", thumbnail_data_uri(image))]
+    picture = thumbnail(image)
+    cells = [("input", thumbnail_data_uri(picture))]
     if mask is not None and mask.any():
-        cells.append(("mask", mask_overlay_data_uri(image, mask)))
+        cells.append(("mask", mask_overlay_data_uri(picture, mask)))
     if preview is not None:
         cells.append(("mesh", thumbnail_data_uri(preview)))
     return " ".join(f"![{name}]({uri})" for name, uri in cells)

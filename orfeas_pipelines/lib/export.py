@@ -55,7 +55,7 @@ def export_mesh(
 
 def encode_mesh(
     mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = DEFAULT_SIZE_MM, geometry: FaceGeometry | None = None
-) -> dict[str, bytes]:
+) -> dict[str, bytes | bytearray]:
     """Each format's file contents, {format: bytes}, as `export_mesh` writes them; pass the
     mesh's `FaceGeometry` when the caller has it (validation computed it)."""
     formats = list(dict.fromkeys(formats))
@@ -80,34 +80,37 @@ _LINEAR_OF_SRGB_BYTE = srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
 """Linear light of each 8-bit sRGB value: a lookup costs a tenth of the curve per vertex."""
 
 
-def glb_bytes(mesh: trimesh.Trimesh, geometry: FaceGeometry | None = None) -> bytes:
+def glb_bytes(mesh: trimesh.Trimesh, geometry: FaceGeometry | None = None) -> bytearray:
     """glTF 2.0 binary of one mesh: float positions (with bounds), unit vertex normals,
-    linear `COLOR_0` when the mesh has vertex colours, uint32 triangle indices."""
+    linear `COLOR_0` when the mesh has vertex colours, uint32 triangle indices.
+
+    Each array is written once, straight into the file's buffer (every piece is a multiple
+    of 4 bytes, so none needs padding): copies of a megabyte-sized file cost page faults.
+    """
     if len(mesh.faces) == 0:
         raise ValueError("cannot write an empty mesh as GLB")
     geometry = geometry or FaceGeometry.of(mesh)
     position_rows = geometry.vertices.astype(np.float32)
-    attributes = {"POSITION": np.ascontiguousarray(position_rows.T), "NORMAL": _unit_normals(geometry)}
+    attributes = {"POSITION": position_rows.T, "NORMAL": _unit_normals(geometry).T}
     if mesh.visual.kind == "vertex":
         attributes["COLOR_0"] = _LINEAR_OF_SRGB_BYTE[np.asarray(mesh.visual.vertex_colors)[:, :3]]
-    indices = np.asarray(mesh.faces, dtype=np.uint32).reshape(-1)
+    arrays = [*attributes.items(), ("indices", geometry.faces.T)]
 
-    blob, views, accessors = bytearray(), [], []
-    for name, values in [*attributes.items(), ("indices", indices)]:
+    views, accessors, blob_length = [], [], 0
+    for name, values in arrays:
         views.append(
             {
                 "buffer": 0,
-                "byteOffset": len(blob),
-                "byteLength": values.nbytes,
+                "byteOffset": blob_length,
+                "byteLength": values.size * 4,
                 "target": _ELEMENT_ARRAY_BUFFER if name == "indices" else _ARRAY_BUFFER,
             }
         )
-        blob += values.tobytes()
-        blob += b"\0" * (-len(blob) % 4)
+        blob_length += values.size * 4
         accessor = {
             "bufferView": len(views) - 1,
             "componentType": _UNSIGNED_INT if name == "indices" else _FLOAT,
-            "count": len(values),
+            "count": values.size if name == "indices" else len(values),
             "type": "SCALAR" if name == "indices" else "VEC3",
         }
         if name == "POSITION":
@@ -125,25 +128,26 @@ def glb_bytes(mesh: trimesh.Trimesh, geometry: FaceGeometry | None = None) -> by
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0}],
         "meshes": [{"primitives": [primitive]}],
-        "buffers": [{"byteLength": len(blob)}],
+        "buffers": [{"byteLength": blob_length}],
         "bufferViews": views,
         "accessors": accessors,
     }
     text = json.dumps(document, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 4)
-    total = 12 + 8 + len(text) + 8 + len(blob)
-    return b"".join(
-        [
-            struct.pack("<4sII", b"glTF", 2, total),
-            struct.pack("<I4s", len(text), b"JSON"),
-            text,
-            struct.pack("<I4s", len(blob), b"BIN\0"),
-            bytes(blob),
-        ]
-    )
+    blob_start = 12 + 8 + len(text) + 8
+    data = bytearray(blob_start + blob_length)
+    struct.pack_into("<4sII", data, 0, b"glTF", 2, len(data))
+    struct.pack_into("<I4s", data, 12, len(text), b"JSON")
+    data[20 : 20 + len(text)] = text
+    struct.pack_into("<I4s", data, blob_start - 8, blob_length, b"BIN\0")
+    for (name, values), view in zip(arrays, views):
+        component = "<u4" if name == "indices" else "<f4"
+        target = np.frombuffer(data, component, count=values.size, offset=blob_start + view["byteOffset"])
+        target.reshape(values.shape)[...] = values
+    return data
 
 
-def _encoded(mesh: trimesh.Trimesh, fmt: str, size_mm: float, geometry: FaceGeometry) -> bytes:
+def _encoded(mesh: trimesh.Trimesh, fmt: str, size_mm: float, geometry: FaceGeometry) -> bytes | bytearray:
     if fmt == "glb":
         return glb_bytes(mesh, geometry)
     if fmt == "stl":
@@ -167,22 +171,25 @@ def _in_millimetres(geometry: FaceGeometry, size_mm: float) -> FaceGeometry:
 _STL_RECORD = np.dtype([("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
 
 
-def _stl_bytes(geometry: FaceGeometry) -> bytes:
-    """Binary STL of float32 geometry. Facet normals come from the stored float32 coordinates,
-    so a sliver face's normal agrees with what a reader (admesh, a slicer) recomputes from them."""
-    records = np.zeros(geometry.faces.shape[1], dtype=_STL_RECORD)
+def _stl_bytes(geometry: FaceGeometry) -> bytearray:
+    """Binary STL of float32 geometry, the records written straight into the file's buffer.
+    Facet normals come from the stored float32 coordinates, so a sliver face's normal agrees
+    with what a reader (admesh, a slicer) recomputes from them."""
+    count = geometry.faces.shape[1]
+    data = bytearray(84 + _STL_RECORD.itemsize * count)  # a zero header and zero attributes
+    struct.pack_into("<I", data, 80, count)
+    records = np.frombuffer(data, dtype=_STL_RECORD, offset=84)
     records["normal"] = geometry.unit_face_normals().T
     records["corners"] = geometry.corners.transpose(2, 1, 0)
-    return b"".join([b"\0" * 80, struct.pack("<I", len(records)), records])
+    return data
 
 
 def _unit_normals(geometry: FaceGeometry) -> np.ndarray:
-    """(V, 3) area-weighted vertex normals of unit length in float32; a vertex whose faces
-    cancel out (no direction) gets +Z rather than a zero vector, which glTF forbids."""
+    """(3, V) area-weighted vertex normals of unit length; a vertex whose faces cancel out
+    (no direction) gets +Z rather than a zero vector, which glTF forbids."""
     vertex_count = geometry.vertices.shape[1]
     summed = np.stack(
         [sum(np.bincount(corner, weights, vertex_count) for corner in geometry.faces) for weights in geometry.cross]
     )
     lengths = np.sqrt(squared_lengths(summed))
-    normals = np.where(lengths > 1e-12, summed / np.maximum(lengths, 1e-300), [[0.0], [0.0], [1.0]])
-    return np.ascontiguousarray(normals.T, dtype=np.float32)
+    return np.where(lengths > 1e-12, summed / np.maximum(lengths, 1e-300), [[0.0], [0.0], [1.0]])

@@ -134,8 +134,8 @@ class FaceGeometry:
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """(3, F) float64 edge vectors from the first corner to the second and to the third
         (float64 whatever the vertices' dtype, so a sliver's cross product keeps its sign)."""
-        first, second, third = (self.corners[:, corner].astype(np.float64, copy=False) for corner in range(3))
-        return second - first, third - first
+        first, second, third = (self.corners[:, corner] for corner in range(3))
+        return np.subtract(second, first, dtype=np.float64), np.subtract(third, first, dtype=np.float64)
 
     @cached_property
     def cross(self) -> np.ndarray:

@@ -89,15 +89,21 @@ def render_preview_rgba(mesh: trimesh.Trimesh, size: int = PREVIEW_SIZE) -> np.n
     return image.view(np.uint8).reshape(size, size, 4)
 
 
+def thumbnail(rgba: np.ndarray, max_side: int = 128) -> np.ndarray:
+    """The picture shrunk to at most `max_side` pixels a side (as it is when it fits): shrink
+    once, then pass the thumbnail to the data URIs below, which leave it as it is."""
+    return _shrunk(_checked_image(rgba), max_side)
+
+
 def thumbnail_data_uri(rgba: np.ndarray, max_side: int = 128) -> str:
     """The input image, shrunk to at most `max_side` pixels a side, as an inline image."""
-    return _data_uri(_shrunk(_checked_image(rgba), max_side))
+    return _data_uri(thumbnail(rgba, max_side))
 
 
 def mask_overlay_data_uri(rgba: np.ndarray, mask: np.ndarray, max_side: int = 128) -> str:
     """The input with the background dimmed towards blue and the mask's outline in yellow,
     as an inline image. The mask may have another resolution than the image."""
-    picture = _shrunk(_checked_image(rgba), max_side)
+    picture = thumbnail(rgba, max_side)
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"mask must be a non-empty 2-D array, got shape {mask.shape}")
@@ -316,6 +322,11 @@ def _shrunk(image: np.ndarray, max_side: int) -> np.ndarray:
     scale = min(1.0, max_side / max(height, width))
     if scale == 1.0:
         return image
+    factor = max(height, width) // max_side
+    if factor * max_side == max(height, width) and height % factor == 0 and width % factor == 0:
+        # Whole blocks (the 256-pixel preview halved): their average, a third of the cost of
+        # the bilinear filter and what its reducing step would do for larger factors.
+        return np.asarray(Image.fromarray(image).reduce(factor))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
 
