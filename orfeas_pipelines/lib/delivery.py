@@ -102,6 +102,7 @@ def prepare(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
     from orfeas_pipelines.lib.meshes import FaceGeometry, inspect_mesh
     from orfeas_pipelines.lib.preview import png_bytes, render_preview_rgba
 
+    _keep_freed_memory()
     key = request.key
     job_id, stem = job_id_of(key), Path(file_of(key)).stem
     folder = home.outbox / job_id
@@ -142,6 +143,27 @@ def prepare(home: OrfeasHome, request: GenerationRequest, result: GenerationResu
         "pictures": time.perf_counter() - staged,
     }
     return delivery
+
+
+HEAP_TOP_PAD = 64 << 20
+"""Bytes of freed memory glibc keeps at the top of the heap (see `_keep_freed_memory`)."""
+
+_M_TOP_PAD = -2
+"""glibc's `mallopt` parameter number for the top pad (malloc.h)."""
+
+
+@lru_cache(maxsize=1)
+def _keep_freed_memory() -> None:
+    """Once per process, ask glibc to keep HEAP_TOP_PAD bytes of freed heap rather than give
+    them back to the system. A delivery allocates and frees some 20 MB of arrays per mesh;
+    given back, they return as fresh pages that the next mesh pays for one by one (about
+    2 us a 4 KB page on this machine: 4 ms of CPU per 50k-face mesh). Without glibc's
+    `mallopt` (macOS, musl) nothing changes."""
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_TOP_PAD, HEAP_TOP_PAD)
 
 
 def publish(key: str, delivery: Delivery) -> Delivery:
