@@ -74,8 +74,7 @@ def inspect_mesh(
             extents = geometry.extents()
         return ["mesh has non-finite vertex coordinates"], _facts(mesh, False, components=0, euler=0, extents=extents)
     vertex_count = geometry.vertices.shape[1]
-    keys, counts = _edge_keys(geometry.faces, vertex_count)
-    watertight = bool((counts == 2).all())
+    keys, watertight = _edge_keys(geometry.faces, vertex_count)
     problems = []
     degenerate = int(geometry.degenerate_faces().sum())
     if degenerate:
@@ -180,18 +179,24 @@ def _facts(
     }
 
 
-def _edge_keys(faces: np.ndarray, vertex_count: int) -> tuple[np.ndarray, np.ndarray]:
+def _edge_keys(faces: np.ndarray, vertex_count: int) -> tuple[np.ndarray, bool]:
     """Each undirected edge once, packed as `low * vertex_count + high` in increasing order,
-    and how many faces share it; `faces` is (3, F), one row per corner.
+    and whether every edge is shared by exactly two faces (watertight); `faces` is (3, F),
+    one row per corner.
 
-    Keys fit 32 bits below 65,536 vertices, where sorting them takes half the time.
+    Keys fit 32 bits below 65,536 vertices, where sorting them takes half the time. A
+    watertight mesh's sorted keys come in equal pairs, which is checked first (the usual case).
     """
     dtype = np.uint32 if vertex_count < 2**16 else np.uint64
     start = faces.astype(dtype)
     end = np.roll(start, -1, axis=0)
     keys = _radix_sorted((np.minimum(start, end) * dtype(vertex_count) + np.maximum(start, end)).ravel(), vertex_count**2)
-    firsts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[firsts], np.diff(np.r_[firsts, len(keys)])
+    firsts, seconds = keys[0::2], keys[1::2]
+    if len(keys) % 2 == 0 and np.array_equal(firsts, seconds) and (seconds[:-1] != firsts[1:]).all():
+        return firsts, True
+    unique = np.r_[True, keys[1:] != keys[:-1]]
+    counts = np.diff(np.r_[np.flatnonzero(unique), len(keys)])
+    return keys[unique], bool((counts == 2).all())
 
 
 def _radix_sorted(keys: np.ndarray, bound: int) -> np.ndarray:

@@ -110,7 +110,9 @@ def test_one_pass_inspection_agrees_with_trimesh():
     two_bodies = trimesh.util.concatenate([trimesh.creation.icosphere(), trimesh.creation.torus(1.0, 0.3).apply_translation([5, 0, 0])])
     open_box = trimesh.creation.box()
     open_box.faces = open_box.faces[:-1]
-    for mesh in (two_bodies, open_box):
+    edge_to_edge = trimesh.util.concatenate([trimesh.creation.box(), trimesh.creation.box().apply_translation([1, 1, 0])])
+    edge_to_edge.merge_vertices()  # one edge shared by four faces: closed but not watertight
+    for mesh in (two_bodies, open_box, edge_to_edge):
         problems, facts = inspect_mesh(mesh)
         reference = trimesh.Trimesh(mesh.vertices.copy(), mesh.faces.copy(), process=False)
         assert facts["watertight"] == reference.is_watertight
