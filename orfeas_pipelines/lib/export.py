@@ -56,7 +56,7 @@ def export_mesh(
 def encode_mesh(
     mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = DEFAULT_SIZE_MM, geometry: FaceGeometry | None = None
 ) -> dict[str, bytes | bytearray]:
-    """Each format's file contents, {format: bytes}, as `export_mesh` writes them; pass the
+    """Each format's file contents (bytes-like), as `export_mesh` writes them; pass the
     mesh's `FaceGeometry` when the caller has it (validation computed it)."""
     formats = list(dict.fromkeys(formats))
     unknown = [fmt for fmt in formats if fmt not in MESH_FORMATS]

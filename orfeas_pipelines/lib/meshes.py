@@ -63,8 +63,8 @@ def inspect_mesh(
     caller uses it too (the GLB's normals), so it is computed once.
 
     trimesh derives watertightness, the Euler number and the bodies from separately cached
-    edge groupings (about 40 ms for a 50k-face mesh); one in-place sort of packed edge keys
-    gives all three (about 4 ms), which matters when every delivered mesh is inspected.
+    edge groupings (about 40 ms for a 50k-face mesh); one radix sort of packed edge keys
+    gives all three (about 3 ms), which matters when every delivered mesh is inspected.
     """
     if mesh is None or len(mesh.faces) == 0 or len(mesh.vertices) == 0:
         return ["mesh is empty"], _facts(mesh, watertight=False, components=0, euler=0, extents=[0.0, 0.0, 0.0])
@@ -184,7 +184,7 @@ def _edge_keys(faces: np.ndarray, vertex_count: int) -> tuple[np.ndarray, bool]:
     and whether every edge is shared by exactly two faces (watertight); `faces` is (3, F),
     one row per corner.
 
-    Keys fit 32 bits below 65,536 vertices, where sorting them takes half the time. A
+    Keys fit 32 bits below 65,536 vertices: two 16-bit sorting passes rather than three. A
     watertight mesh's sorted keys come in equal pairs, which is checked first (the usual case).
     """
     dtype = np.uint32 if vertex_count < 2**16 else np.uint64
