@@ -180,7 +180,7 @@ def _stl_bytes(geometry: FaceGeometry) -> bytearray:
     struct.pack_into("<I", data, 80, count)
     records = np.frombuffer(data, dtype=_STL_RECORD, offset=84)
     records["normal"] = geometry.unit_face_normals().T
-    records["corners"] = geometry.corners().transpose(2, 1, 0)
+    records["corners"] = geometry.corners.transpose(2, 1, 0)
     return data
 
 

@@ -124,17 +124,16 @@ class FaceGeometry:
         """From (3, V) vertex and (3, F) face rows, in the vertices' own dtype (float32 for an STL)."""
         return cls(np.ascontiguousarray(vertices), np.ascontiguousarray(faces, dtype=np.int64))
 
+    @cached_property
     def corners(self) -> np.ndarray:
-        """(3 axes, 3 corners, F): each face's corner coordinates, in the vertices' dtype.
-        Not kept: at 72 bytes a face in float64 it would be the largest array of a delivery."""
+        """(3 axes, 3 corners, F): each face's corner coordinates, in the vertices' dtype."""
         return np.take(self.vertices, self.faces, axis=1)
 
     @cached_property
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """(3, F) float64 edge vectors from the first corner to the second and to the third
         (float64 whatever the vertices' dtype, so a sliver's cross product keeps its sign)."""
-        corners = self.corners()
-        first, second, third = (corners[:, corner] for corner in range(3))
+        first, second, third = (self.corners[:, corner] for corner in range(3))
         return np.subtract(second, first, dtype=np.float64), np.subtract(third, first, dtype=np.float64)
 
     @cached_property
