@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trimesh
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 FLOATER_FRACTION = 0.01
 """Disconnected pieces with fewer faces than this fraction of the largest piece are dropped."""
@@ -179,7 +182,7 @@ def _facts(
     }
 
 
-def _edge_graph(faces: np.ndarray, vertex_count: int):
+def _edge_graph(faces: np.ndarray, vertex_count: int) -> csr_matrix:
     """The mesh's edges as a sparse (CSR) vertex graph: each undirected edge once, from its
     lower vertex to its higher, valued with how many faces share it; `faces` is (3, F), one
     row per corner. scipy builds it by a counting pass over the rows and short sorts within
@@ -199,7 +202,7 @@ def squared_lengths(rows: np.ndarray) -> np.ndarray:
     return x * x + y * y + z * z
 
 
-def _vertex_groups(edges) -> int:
+def _vertex_groups(edges: csr_matrix) -> int:
     """Connected groups of vertices (as trimesh's body_count: unreferenced vertices count alone)."""
     from scipy.sparse.csgraph import connected_components
 

@@ -123,8 +123,8 @@ def test_one_pass_inspection_agrees_with_trimesh():
     assert inspect_mesh(sliver)[0][0] == "mesh has 1 degenerate faces"
 
 
-def test_inspection_beyond_65536_vertices_agrees_with_trimesh():
-    """Edge keys no longer fit 32 bits there: 17,000 separate tetrahedra, 68,000 vertices."""
+def test_inspection_of_many_bodies_agrees_with_trimesh():
+    """17,000 separate tetrahedra: 68,000 vertices, beyond what 16-bit vertex numbers hold."""
     tetrahedron = trimesh.Trimesh(
         [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], process=False
     )
