@@ -21,7 +21,7 @@ import numpy as np
 import trimesh
 
 from orfeas_pipelines.lib.home import write_bytes_atomic
-from orfeas_pipelines.lib.meshes import face_cross
+from orfeas_pipelines.lib.meshes import FaceGeometry, squared_lengths
 
 MESH_FORMATS = ("stl", "glb", "obj", "ply")
 DEFAULT_SIZE_MM = 100.0
@@ -53,8 +53,11 @@ def export_mesh(
     return written
 
 
-def encode_mesh(mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = DEFAULT_SIZE_MM) -> dict[str, bytes]:
-    """Each format's file contents, {format: bytes}, as `export_mesh` writes them."""
+def encode_mesh(
+    mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = DEFAULT_SIZE_MM, geometry: FaceGeometry | None = None
+) -> dict[str, bytes | bytearray]:
+    """Each format's file contents (bytes-like), as `export_mesh` writes them; pass the
+    mesh's `FaceGeometry` when the caller has it (validation computed it)."""
     formats = list(dict.fromkeys(formats))
     unknown = [fmt for fmt in formats if fmt not in MESH_FORMATS]
     if unknown:
@@ -63,7 +66,8 @@ def encode_mesh(mesh: trimesh.Trimesh, formats: Iterable[str], size_mm: float = 
         raise ValueError(f"size_mm {size_mm!r} must be a positive number of millimetres")
     if len(mesh.faces) == 0:
         raise ValueError("cannot export an empty mesh")
-    return {fmt: _encoded(mesh, fmt, float(size_mm)) for fmt in formats}
+    geometry = geometry or FaceGeometry.of(mesh)
+    return {fmt: _encoded(mesh, fmt, float(size_mm), geometry) for fmt in formats}
 
 
 def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
@@ -72,39 +76,46 @@ def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
     return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
 
 
-def glb_bytes(mesh: trimesh.Trimesh) -> bytes:
+_LINEAR_OF_SRGB_BYTE = srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
+"""Linear light of each 8-bit sRGB value: a lookup costs a tenth of the curve per vertex."""
+
+
+def glb_bytes(mesh: trimesh.Trimesh, geometry: FaceGeometry | None = None) -> bytearray:
     """glTF 2.0 binary of one mesh: float positions (with bounds), unit vertex normals,
-    linear `COLOR_0` when the mesh has vertex colours, uint32 triangle indices."""
+    linear `COLOR_0` when the mesh has vertex colours, uint32 triangle indices.
+
+    Each array is written once, straight into the file's buffer (every piece is a multiple
+    of 4 bytes, so none needs padding): copies of a megabyte-sized file cost page faults.
+    """
     if len(mesh.faces) == 0:
         raise ValueError("cannot write an empty mesh as GLB")
-    positions = np.asarray(mesh.vertices, dtype=np.float32)
-    attributes = {"POSITION": positions, "NORMAL": _unit_normals(mesh)}
+    geometry = geometry or FaceGeometry.of(mesh)
+    position_rows = geometry.vertices.astype(np.float32)
+    attributes = {"POSITION": position_rows.T, "NORMAL": _unit_normals(geometry).T}
     if mesh.visual.kind == "vertex":
-        srgb = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
-        attributes["COLOR_0"] = srgb_to_linear(srgb).astype(np.float32)
-    indices = np.asarray(mesh.faces, dtype=np.uint32).reshape(-1)
+        attributes["COLOR_0"] = _LINEAR_OF_SRGB_BYTE[np.asarray(mesh.visual.vertex_colors)[:, :3]]
+    arrays = [*attributes.items(), ("indices", geometry.faces.T)]
 
-    blob, views, accessors = bytearray(), [], []
-    for name, values in [*attributes.items(), ("indices", indices)]:
+    views, accessors, blob_length = [], [], 0
+    for name, values in arrays:
         views.append(
             {
                 "buffer": 0,
-                "byteOffset": len(blob),
-                "byteLength": values.nbytes,
+                "byteOffset": blob_length,
+                "byteLength": values.size * 4,
                 "target": _ELEMENT_ARRAY_BUFFER if name == "indices" else _ARRAY_BUFFER,
             }
         )
-        blob += values.tobytes()
-        blob += b"\0" * (-len(blob) % 4)
+        blob_length += values.size * 4
         accessor = {
             "bufferView": len(views) - 1,
             "componentType": _UNSIGNED_INT if name == "indices" else _FLOAT,
-            "count": len(values),
+            "count": values.size if name == "indices" else len(values),
             "type": "SCALAR" if name == "indices" else "VEC3",
         }
         if name == "POSITION":
-            accessor["min"] = positions.min(axis=0).tolist()
-            accessor["max"] = positions.max(axis=0).tolist()
+            accessor["min"] = position_rows.min(axis=1).tolist()
+            accessor["max"] = position_rows.max(axis=1).tolist()
         accessors.append(accessor)
     primitive = {
         "attributes": {name: index for index, name in enumerate(attributes)},
@@ -117,67 +128,68 @@ def glb_bytes(mesh: trimesh.Trimesh) -> bytes:
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0}],
         "meshes": [{"primitives": [primitive]}],
-        "buffers": [{"byteLength": len(blob)}],
+        "buffers": [{"byteLength": blob_length}],
         "bufferViews": views,
         "accessors": accessors,
     }
     text = json.dumps(document, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 4)
-    total = 12 + 8 + len(text) + 8 + len(blob)
-    return b"".join(
-        [
-            struct.pack("<4sII", b"glTF", 2, total),
-            struct.pack("<I4s", len(text), b"JSON"),
-            text,
-            struct.pack("<I4s", len(blob), b"BIN\0"),
-            bytes(blob),
-        ]
-    )
+    blob_start = 12 + 8 + len(text) + 8
+    data = bytearray(blob_start + blob_length)
+    struct.pack_into("<4sII", data, 0, b"glTF", 2, len(data))
+    struct.pack_into("<I4s", data, 12, len(text), b"JSON")
+    data[20 : 20 + len(text)] = text
+    struct.pack_into("<I4s", data, blob_start - 8, blob_length, b"BIN\0")
+    for (name, values), view in zip(arrays, views):
+        component = "<u4" if name == "indices" else "<f4"
+        target = np.frombuffer(data, component, count=values.size, offset=blob_start + view["byteOffset"])
+        target.reshape(values.shape)[...] = values
+    return data
 
 
-def _encoded(mesh: trimesh.Trimesh, fmt: str, size_mm: float) -> bytes:
+def _encoded(mesh: trimesh.Trimesh, fmt: str, size_mm: float, geometry: FaceGeometry) -> bytes | bytearray:
     if fmt == "glb":
-        return glb_bytes(mesh)
+        return glb_bytes(mesh, geometry)
     if fmt == "stl":
-        return _stl_bytes(_in_millimetres(mesh, size_mm), np.asarray(mesh.faces))
+        return _stl_bytes(_in_millimetres(geometry, size_mm))
     data = mesh.export(file_type=fmt)
     return data.encode() if isinstance(data, str) else data
 
 
-def _in_millimetres(mesh: trimesh.Trimesh, size_mm: float) -> np.ndarray:
-    """The vertices centred at the origin with the largest side `size_mm` (STL carries no
-    unit), as the float32 an STL stores."""
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    lower, upper = vertices.min(axis=0), vertices.max(axis=0)
+def _in_millimetres(geometry: FaceGeometry, size_mm: float) -> FaceGeometry:
+    """The geometry centred at the origin with the largest side `size_mm` (STL carries no
+    unit), in the float32 an STL stores."""
+    vertices = geometry.vertices
+    lower, upper = vertices.min(axis=1), vertices.max(axis=1)
     largest = float((upper - lower).max())
     if not math.isfinite(largest) or largest <= 0:
         raise ValueError(f"cannot scale a mesh whose largest side is {largest} to {size_mm} mm")
-    return ((vertices - (lower + upper) / 2) * (size_mm / largest)).astype(np.float32)
+    centre = ((lower + upper) / 2)[:, None]
+    return FaceGeometry.of_rows(((vertices - centre) * (size_mm / largest)).astype(np.float32), geometry.faces)
 
 
-def _stl_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
-    """Binary STL. Facet normals come from the stored float32 coordinates, so a sliver face's
-    normal agrees with what a reader (admesh, a slicer) recomputes from them."""
-    corners = vertices[faces]
-    normals = face_cross(corners.astype(np.float64))
-    lengths = np.sqrt(np.einsum("ij,ij->i", normals, normals))[:, None]
-    normals = np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0)
-    records = np.empty(len(faces), dtype=[("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
-    records["normal"] = normals
-    records["corners"] = corners
-    records["attribute"] = 0
-    return b"\0" * 80 + struct.pack("<I", len(faces)) + records.tobytes()
+_STL_RECORD = np.dtype([("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
 
 
-def _unit_normals(mesh: trimesh.Trimesh) -> np.ndarray:
-    """Area-weighted vertex normals of unit length in float32; a vertex whose faces cancel out
+def _stl_bytes(geometry: FaceGeometry) -> bytearray:
+    """Binary STL of float32 geometry, the records written straight into the file's buffer.
+    Facet normals come from the stored float32 coordinates, so a sliver face's normal agrees
+    with what a reader (admesh, a slicer) recomputes from them."""
+    count = geometry.faces.shape[1]
+    data = bytearray(84 + _STL_RECORD.itemsize * count)  # a zero header and zero attributes
+    struct.pack_into("<I", data, 80, count)
+    records = np.frombuffer(data, dtype=_STL_RECORD, offset=84)
+    records["normal"] = geometry.unit_face_normals().T
+    records["corners"] = geometry.corners.transpose(2, 1, 0)
+    return data
+
+
+def _unit_normals(geometry: FaceGeometry) -> np.ndarray:
+    """(3, V) area-weighted vertex normals of unit length; a vertex whose faces cancel out
     (no direction) gets +Z rather than a zero vector, which glTF forbids."""
-    vertices, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces)
-    weighted = face_cross(vertices[faces])
-    normals = np.stack(
-        [sum(np.bincount(faces[:, corner], weighted[:, axis], len(vertices)) for corner in range(3)) for axis in range(3)],
-        axis=1,
+    vertex_count = geometry.vertices.shape[1]
+    summed = np.stack(
+        [sum(np.bincount(corner, weights, vertex_count) for corner in geometry.faces) for weights in geometry.cross]
     )
-    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
-    normals = np.where(lengths > 1e-12, normals / np.maximum(lengths, 1e-300), [0.0, 0.0, 1.0])
-    return normals.astype(np.float32)
+    lengths = np.sqrt(squared_lengths(summed))
+    return np.where(lengths > 1e-12, summed / np.maximum(lengths, 1e-300), [[0.0], [0.0], [1.0]])

@@ -110,7 +110,9 @@ def test_one_pass_inspection_agrees_with_trimesh():
     two_bodies = trimesh.util.concatenate([trimesh.creation.icosphere(), trimesh.creation.torus(1.0, 0.3).apply_translation([5, 0, 0])])
     open_box = trimesh.creation.box()
     open_box.faces = open_box.faces[:-1]
-    for mesh in (two_bodies, open_box):
+    edge_to_edge = trimesh.util.concatenate([trimesh.creation.box(), trimesh.creation.box().apply_translation([1, 1, 0])])
+    edge_to_edge.merge_vertices()  # one edge shared by four faces: closed but not watertight
+    for mesh in (two_bodies, open_box, edge_to_edge):
         problems, facts = inspect_mesh(mesh)
         reference = trimesh.Trimesh(mesh.vertices.copy(), mesh.faces.copy(), process=False)
         assert facts["watertight"] == reference.is_watertight
@@ -119,3 +121,19 @@ def test_one_pass_inspection_agrees_with_trimesh():
     assert inspect_mesh(two_bodies)[1]["genus"] == 1, "a sphere (genus 0) and a torus (genus 1)"
     sliver = trimesh.Trimesh(vertices=[[0, 0, 0], [1, 0, 0], [2, 0, 0]], faces=[[0, 1, 2]], process=False)
     assert inspect_mesh(sliver)[0][0] == "mesh has 1 degenerate faces"
+
+
+def test_inspection_of_many_bodies_agrees_with_trimesh():
+    """17,000 separate tetrahedra: 68,000 vertices, beyond what 16-bit vertex numbers hold."""
+    tetrahedron = trimesh.Trimesh(
+        [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], process=False
+    )
+    count = 17_000
+    copies = np.arange(count)[:, None, None]
+    vertices = (tetrahedron.vertices[None] + copies * [2.0, 0.0, 0.0]).reshape(-1, 3)
+    mesh = trimesh.Trimesh(vertices, (tetrahedron.faces[None] + 4 * copies).reshape(-1, 3), process=False)
+    problems, facts = inspect_mesh(mesh)
+    assert problems == [] and facts["watertight"] and mesh.is_watertight
+    assert facts["components"] == mesh.body_count == count
+    assert facts["euler_number"] == mesh.euler_number == 2 * count
+    assert facts["extents"] == pytest.approx(mesh.extents.tolist())
