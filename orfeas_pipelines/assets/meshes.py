@@ -13,8 +13,8 @@
 
 Every asset uses a single-run backfill policy, so one run covers a whole range of image
 partitions. Generation and delivery share one step: each window of images is decoded once,
-generated, re-checked against a re-batched sample (the blocking check), and delivered
-before the next window is read.
+generated, re-checked on a sample generated again (the blocking check), and delivered
+while the windows after it are generated.
 """
 
 import json
@@ -49,6 +49,8 @@ MESH = dg.AssetKey("mesh")
 MIN_WINDOW = 4
 """Fewest images a window of a larger run holds: smaller batches would cost the device more
 than the overlap of generation and delivery saves."""
+WINDOWS_IN_MEMORY = 3
+"""The window being delivered, the one whose check rides in the window being generated, and that one."""
 DELIVERY_NICENESS = 10
 """How much lower than generation the delivery threads are scheduled (see `_yield_to_generation`)."""
 VALID_CHECK = "mesh_is_valid"
@@ -79,9 +81,10 @@ MESH_CHECKS = [
         asset=MESH,
         partitions_def=images_partitions,
         blocking=True,
-        description="Evaluated on a sample of each window, drawn across batch positions: the "
-        "sample re-generated as one new batch in reverse order (new batch mates, new "
-        "positions) gives the same meshes. A batch that leaks between items fails it, and "
+        description="Evaluated on a sample of the run's images, drawn across windows and batch "
+        "positions: each sampled image generated again, in the next window's batches or for "
+        "the last window in a new batch in reverse order (new batch mates, a new position), "
+        "gives the same mesh. A batch that leaks between items fails it, and "
         "then nothing more of the run is delivered.",
     ),
 ]
@@ -90,8 +93,9 @@ MESH_CHECKS = [
 class MeshRunConfig(dg.Config):
     """How a range run walks its images and how much of each window the blocking check re-runs.
 
-    A run holds at most `images_in_memory` decoded images and their meshes at a time (two
-    windows of half that: one delivered while the next is generated), so a range of
+    A run holds at most `images_in_memory` decoded images and their meshes at a time (three
+    windows of a third of that: one delivered, one waiting for its check, which rides in the
+    one being generated), so a range of
     thousands of large photos needs no more memory than a few batches of them. The blocking
     check re-generates `recheck_fraction` of the run's images, spread over its windows: at
     least one, in the first window with batches to compare, and at most
@@ -157,8 +161,8 @@ def mesh(
     event writes."""
     from orfeas_pipelines.sensors.status import settle_run
 
-    if config.images_in_memory < 2:
-        raise dg.Failure(f"images_in_memory must be at least 2, got {config.images_in_memory}")
+    if config.images_in_memory < WINDOWS_IN_MEMORY:
+        raise dg.Failure(f"images_in_memory must be at least {WINDOWS_IN_MEMORY}, got {config.images_in_memory}")
     home = orfeas_home.home
     keys = _keys_to_run(context)
     tally = RunTally()
@@ -183,8 +187,8 @@ def mesh(
 
 
 def _windows(keys: list[str], images_in_memory: int) -> list[list[str]]:
-    """The run's keys in windows: at most half of `images_in_memory` (one window is generated
-    while the one before it is delivered), a quarter of the run for a small run (at least
+    """The run's keys in windows: at most a third of `images_in_memory` (see
+    WINDOWS_IN_MEMORY), a quarter of the run for a small run (at least
     MIN_WINDOW images), so a small run also delivers while it generates.
 
     The windows grow from MIN_WINDOW at the start and shrink back to it at the end (doubling
@@ -193,7 +197,7 @@ def _windows(keys: list[str], images_in_memory: int) -> list[list[str]]:
     """
     if not keys:
         return []
-    largest = min(images_in_memory // 2, max(MIN_WINDOW, -(-len(keys) // 4)))
+    largest = min(images_in_memory // WINDOWS_IN_MEMORY, max(MIN_WINDOW, -(-len(keys) // 4)))
     ramp, size = [], MIN_WINDOW
     while size < largest and len(keys) - 2 * (sum(ramp) + size) >= largest:
         ramp.append(size)
@@ -217,15 +221,22 @@ class GeneratedWindow:
     results: dict
     batches: list
     seconds: dict[str, float]
+    sample: list = field(default_factory=list)
+    """The requests of this window the blocking check generates again."""
     checked: Future = field(default_factory=Future)
 
 
 class WindowGenerator:
     """Decodes, generates and re-checks the run's windows in order on one background thread,
-    never more than two windows in memory: the one being delivered and the next.
+    never more than WINDOWS_IN_MEMORY windows in memory.
 
     Iterating yields each window as soon as it is generated, while its blocking check still
     runs (`checked`), so delivery prepares files meanwhile and publishes them once it passed.
+    The run's first sample is generated again image by image: batched against sequential.
+    Later windows' checks ride in the next window's generation: the sample is generated
+    again at the end of that window's requests (new batch mates, a new position) for about
+    the cost of as many more images in a batch, instead of a pass of its own. The last
+    window's sample is generated again on its own (`_recheck_alone`).
     """
 
     def __init__(self, config: MeshRunConfig, home: "OrfeasHome", mesh_generator: MeshGeneratorResource, windows: list, tally: RunTally):
@@ -233,7 +244,7 @@ class WindowGenerator:
         self._tally = tally
         self._produced = self._rechecked = 0
         self._ready: queue.Queue = queue.Queue()
-        self._free_slots = threading.Semaphore(2)
+        self._free_slots = threading.Semaphore(WINDOWS_IN_MEMORY)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._work, name="orfeas-generate", daemon=True)
 
@@ -256,45 +267,106 @@ class WindowGenerator:
             self._free_slots.release()
 
     def _work(self) -> None:
+        awaiting: GeneratedWindow | None = None  # its sample rides in the next window
         for index, keys in enumerate(self._windows):
             self._free_slots.acquire()
             if self._stopped.is_set():
                 return
             try:
-                window = self._generate(index, keys)
+                window, rechecked = self._generate(index, keys, awaiting)
             except BaseException as error:  # the delivering thread raises it
+                if awaiting is not None:
+                    awaiting.checked.set_exception(error)
                 self._ready.put(error)
                 return
+            if awaiting is not None:
+                _judge(awaiting, rechecked)
             self._ready.put(window)
-            self._check(window)
+            first = self._rechecked == 0
+            awaiting = None
+            if self._draw_sample(window):
+                if first:
+                    self._recheck_alone(window, one_by_one=True)
+                else:
+                    awaiting = window
+        if awaiting is not None:
+            self._recheck_alone(awaiting, one_by_one=False)
 
-    def _generate(self, index: int, keys: list[str]) -> GeneratedWindow:
+    def _generate(self, index: int, keys: list[str], awaiting: GeneratedWindow | None) -> tuple[GeneratedWindow, list]:
+        """The window's images generated, with the sample of the window before at the end;
+        returns the window and the sample's new results."""
         from orfeas_pipelines.lib.delivery import load_requests
 
         started = time.perf_counter()
         requests, load_failures = load_requests(self._home, keys)
+        riders = awaiting.sample if awaiting is not None else []
         decoded = time.perf_counter()
         batches: list = []
-        results = {result.key: result for result in self._generator.generate(requests, on_batch=batches.append)}
-        seconds = {"decode": decoded - started, "generate": time.perf_counter() - decoded}
-        return GeneratedWindow(index, keys, requests, load_failures, results, batches, seconds)
+        results = self._generator.generate([*requests, *riders], on_batch=batches.append)
+        generating = time.perf_counter() - decoded
+        riding = generating * len(riders) / max(1, len(requests) + len(riders))
+        if awaiting is not None:
+            awaiting.seconds["check"] = awaiting.seconds.get("check", 0.0) + riding
+        own = {result.key: result for result in results[: len(requests)]}
+        seconds = {"decode": decoded - started, "generate": generating - riding}
+        return GeneratedWindow(index, keys, requests, load_failures, own, batches, seconds), results[len(requests) :]
 
-    def _check(self, window: GeneratedWindow) -> None:
-        """Re-check this window's share of the run's sample: `recheck_fraction` of the images
-        generated so far, at least one as soon as a window has batches to compare."""
-        started = time.perf_counter()
-        produced = [key for key, result in window.results.items() if result.ok]
+    def _draw_sample(self, window: GeneratedWindow) -> bool:
+        """This window's share of the run's sample (`recheck_fraction` of the images generated
+        so far, at least one as soon as a window has batches to compare) into `window.sample`;
+        a window with nothing to re-check is judged at once. Returns whether it awaits a check."""
+        from orfeas_pipelines.lib.compare import recheck_sample
+
+        produced = {key for key, result in window.results.items() if result.ok}
         self._produced += len(produced)
         due = round(self._config.recheck_fraction * self._produced) - self._rechecked
         count = min(self._config.max_recheck_per_window, max(due, 1 if self._rechecked == 0 else 0))
+        batches = [[key for key in batch.keys if key in produced] for batch in window.batches]
+        keys = recheck_sample(batches, count, rotation=window.index)
+        by_key = {request.key: request for request in window.requests}
+        window.sample = [by_key[key] for key in keys]
+        self._rechecked += len(keys)
+        if not keys:
+            window.checked.set_result(([], False))
+        return bool(keys)
+
+    def _recheck_alone(self, window: GeneratedWindow, one_by_one: bool) -> None:
+        """A sample generated again on its own: the run's first one image by image (batched
+        against sequential, which riding in another batch cannot show), the last window's as
+        one batch in reverse order (new batch mates, new positions)."""
+        started = time.perf_counter()
+        size = 1 if one_by_one else len(window.sample)
         try:
-            outcome = _recheck(self._generator, window, set(produced), count)
+            again = self._generator.generate(window.sample[::-1], batch_size=size)[::-1]
         except BaseException as error:
             window.checked.set_exception(error)
-        else:
-            self._rechecked += len(outcome[0])
-            window.seconds["check"] = time.perf_counter() - started
-            window.checked.set_result(outcome)
+            return
+        window.seconds["check"] = window.seconds.get("check", 0.0) + time.perf_counter() - started
+        _judge(window, again)
+
+
+def _judge(window: GeneratedWindow, again: list) -> None:
+    """The blocking check's evaluations for a window's sample generated a second time (in
+    the sample's order), and whether any mesh differed: the window's `checked` result."""
+    from orfeas_pipelines.lib.compare import same_mesh
+
+    started = time.perf_counter()
+    evaluations, leaked = [], False
+    for request, result in zip(window.sample, again):
+        distance, reason = same_mesh(window.results[request.key].mesh, result.mesh)
+        passed = reason is None
+        leaked |= not passed
+        metadata = {"chamfer": distance if distance is not None else -1.0, "recheck_batch": result.metrics.get("batch_size", 0)}
+        if reason:
+            metadata["reason"] = reason
+        evaluations.append(
+            dg.AssetCheckEvaluation(
+                asset_key=MESH, check_name=BATCH_CHECK, passed=passed, partition=request.key, metadata=metadata,
+                blocking=True,
+            )
+        )
+    window.seconds["check"] = window.seconds.get("check", 0.0) + time.perf_counter() - started
+    window.checked.set_result((evaluations, leaked))
 
 
 def _deliver_window(
@@ -358,40 +430,6 @@ def _yield_to_generation() -> None:
     than generating alone with nice delivery threads, 19% without. Elsewhere a no-op."""
     if sys.platform == "linux":
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DELIVERY_NICENESS)
-
-
-def _recheck(mesh_generator, window: GeneratedWindow, produced: set[str], count: int) -> tuple[list, bool]:
-    """The blocking check's evaluations for `count` of this window's meshes, and whether any
-    differed when re-generated.
-
-    One image re-generated alone proves its independence from its batch mates as well as a
-    re-batched sample does; several are re-generated as one batch in reverse order.
-    """
-    from orfeas_pipelines.lib.compare import recheck_sample, same_mesh
-
-    batches = [[key for key in batch.keys if key in produced] for batch in window.batches]
-    sample = recheck_sample(batches, count, rotation=window.index)
-    if not sample:
-        return [], False
-    results = window.results
-    by_key = {request.key: request for request in window.requests}
-    # Reversed, as one batch: every sampled item gets new batch mates and a new position.
-    again = mesh_generator.generate([by_key[key] for key in reversed(sample)], batch_size=len(sample))
-    evaluations, leaked = [], False
-    for result in again:
-        distance, reason = same_mesh(results[result.key].mesh, result.mesh)
-        passed = reason is None
-        leaked |= not passed
-        metadata = {"chamfer": distance if distance is not None else -1.0, "recheck_batch": len(sample)}
-        if reason:
-            metadata["reason"] = reason
-        evaluations.append(
-            dg.AssetCheckEvaluation(
-                asset_key=MESH, check_name=BATCH_CHECK, passed=passed, partition=result.key, metadata=metadata,
-                blocking=True,
-            )
-        )
-    return evaluations, leaked
 
 
 def _record_batches(home: "OrfeasHome", mesh_generator: MeshGeneratorResource, batches: list) -> None:

@@ -111,3 +111,14 @@ def test_silhouette_iou_compares_shapes_after_fitting_bounding_boxes():
     assert silhouette_iou(box, disk) < 0.85
     with pytest.raises(ValueError, match="at least one foreground pixel"):
         silhouette_iou(box, np.zeros((5, 5), dtype=bool))
+
+
+def test_identical_meshes_match_without_sampling_and_a_tiny_change_is_still_measured(blob, monkeypatch):
+    from orfeas_pipelines.lib import compare
+
+    sampled = []
+    monkeypatch.setattr(compare, "chamfer_distance", lambda a, b: sampled.append(1) or 0.5)
+    assert same_mesh(blob, blob.copy()) == (0.0, None) and not sampled
+    nudged = blob.copy()
+    nudged.vertices[0] += 1e-9
+    assert same_mesh(blob, nudged)[0] == 0.5 and sampled == [1], "not identical: the Chamfer distance decides"
