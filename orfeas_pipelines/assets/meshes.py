@@ -82,9 +82,10 @@ MESH_CHECKS = [
         partitions_def=images_partitions,
         blocking=True,
         description="Evaluated on a sample of the run's images, drawn across windows and batch "
-        "positions: each sampled image generated again, in the next window's batches or for "
-        "the last window in a new batch in reverse order (new batch mates, a new position), "
-        "gives the same mesh. A batch that leaks between items fails it, and "
+        "positions: each sampled image generated again gives the same mesh (the run's first "
+        "one alone, later ones in the next window's batches, the last window's in a new batch "
+        "in reverse order: new batch mates or none, a new position). A batch that leaks between "
+        "items or differs from a sequential run fails it, and "
         "then nothing more of the run is delivered.",
     ),
 ]
