@@ -221,7 +221,8 @@ class GeneratedWindow:
     load_failures: dict
     results: dict
     batches: list
-    seconds: dict[str, float]
+    seconds: defaultdict[str, float]
+    """Seconds by stage on the generating thread (decode, generate, check)."""
     sample: list = field(default_factory=list)
     """The requests of this window the blocking check generates again."""
     checked: Future = field(default_factory=Future)
@@ -307,9 +308,9 @@ class WindowGenerator:
         generating = time.perf_counter() - decoded
         riding = generating * len(riders) / max(1, len(requests) + len(riders))
         if awaiting is not None:
-            awaiting.seconds["check"] = awaiting.seconds.get("check", 0.0) + riding
+            awaiting.seconds["check"] += riding
         own = {result.key: result for result in results[: len(requests)]}
-        seconds = {"decode": decoded - started, "generate": generating - riding}
+        seconds = defaultdict(float, decode=decoded - started, generate=generating - riding)
         return GeneratedWindow(index, keys, requests, load_failures, own, batches, seconds), results[len(requests) :]
 
     def _draw_sample(self, window: GeneratedWindow) -> bool:
@@ -342,7 +343,7 @@ class WindowGenerator:
         except BaseException as error:
             window.checked.set_exception(error)
             return
-        window.seconds["check"] = window.seconds.get("check", 0.0) + time.perf_counter() - started
+        window.seconds["check"] += time.perf_counter() - started
         _judge(window, again)
 
 
@@ -366,7 +367,7 @@ def _judge(window: GeneratedWindow, again: list) -> None:
                 blocking=True,
             )
         )
-    window.seconds["check"] = window.seconds.get("check", 0.0) + time.perf_counter() - started
+    window.seconds["check"] += time.perf_counter() - started
     window.checked.set_result((evaluations, leaked))
 
 
