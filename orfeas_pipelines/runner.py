@@ -100,8 +100,11 @@ def apply_sensor_result(instance: dg.DagsterInstance, sensor_name: str, result: 
             else:
                 for key in chunk:
                     instance.delete_dynamic_partition(request.partitions_def_name, key)
-    for event in result.asset_events or []:
-        instance.report_runless_asset_event(event)
+    from orfeas_pipelines.storage import batched_events
+
+    with batched_events(instance):
+        for event in result.asset_events or []:
+            instance.report_runless_asset_event(event)
     if result.cursor is not None:
         _store_cursor(instance, sensor_name, result.cursor)
     return [request for request in result.run_requests or [] if not _has_run(instance, request.run_key, sensor_name)]

@@ -81,3 +81,65 @@ def test_a_planned_check_writes_the_rows_dagster_writes_with_the_event_serialize
     assert len(serialized) == 1
     assert ours == rows(SqliteEventLogStorage(str(tmp_path / "dagster")))
     assert [row[2] for row in ours] == sorted(keys)
+
+
+def _index_rows(events, table, columns) -> list[tuple]:
+    with events.index_connection() as conn:
+        found = conn.execute(table.select().order_by(table.c[columns[0]])).fetchall()
+    return [tuple(row._mapping[column] for column in columns) for row in found]
+
+
+def test_batched_asset_events_are_stored_as_dagster_stores_them_one_by_one(tmp_path):
+    from dagster._core.storage.event_log.schema import AssetEventTagsTable, AssetKeyTable, SqlEventLogStorageTable
+
+    from orfeas_pipelines.storage import batched_events
+
+    def record(path, batched: bool):
+        instance = dg.DagsterInstance.ephemeral()
+        events = PooledSqliteEventLogStorage(str(path)) if batched else SqliteEventLogStorage(str(path))
+        instance._event_storage = events
+        events.register_instance(instance)
+        with batched_events(instance):
+            for index in range(5):
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization("source_image", partition=f"job{index}/a.png", metadata={"bytes": index},
+                                            tags={"dagster/data_version": f"v{index}"})
+                )
+                assert batched is not bool(events.fetch_materializations(dg.AssetKey("source_image"), limit=9).records)
+        latest = events.get_latest_materialization_events([dg.AssetKey("source_image")])[dg.AssetKey("source_image")]
+        return (
+            _index_rows(events, SqlEventLogStorageTable, ["id", "run_id", "dagster_event_type", "asset_key", "partition"]),
+            _index_rows(events, AssetEventTagsTable, ["event_id", "asset_key", "key", "value"]),
+            _index_rows(events, AssetKeyTable, ["asset_key"]),
+            latest.asset_materialization.partition,
+            [(r.partition_key, r.asset_materialization.metadata) for r in events.fetch_materializations(dg.AssetKey("source_image"), limit=9).records],
+        )
+
+    ours = record(tmp_path / "ours", batched=True)
+    assert len(ours[0]) == len(ours[1]) == 5 and ours[3] == "job4/a.png"
+    assert ours == record(tmp_path / "dagster", batched=False)
+
+
+def test_a_table_found_once_is_not_looked_up_again_and_a_missing_one_is(tmp_path, monkeypatch):
+    events = PooledSqliteEventLogStorage(str(tmp_path))
+    lookups = []
+    original = SqliteEventLogStorage.has_table
+    monkeypatch.setattr(SqliteEventLogStorage, "has_table", lambda self, name: lookups.append(name) or original(self, name))
+    assert events.has_table("asset_check_executions") and events.has_table("asset_check_executions")
+    assert not events.has_table("no_such_table") and not events.has_table("no_such_table")
+    assert lookups == ["asset_check_executions", "no_such_table", "no_such_table"]
+    events.dispose()
+
+
+def test_events_reported_before_an_error_in_a_batch_are_still_stored(tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    events = PooledSqliteEventLogStorage(str(tmp_path))
+    instance._event_storage = events
+    events.register_instance(instance)
+    try:
+        with events.batched():
+            instance.report_runless_asset_event(dg.AssetMaterialization("source_image", partition="job0/a.png"))
+            raise OSError("disk gone")
+    except OSError:
+        pass
+    assert [r.partition_key for r in events.fetch_materializations(dg.AssetKey("source_image"), limit=9).records] == ["job0/a.png"]
