@@ -1,6 +1,7 @@
 """The home's event log: Dagster's SQLite files, written with connections kept open."""
 
 import dagster as dg
+import pytest
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from orfeas_pipelines import storage
@@ -83,6 +84,14 @@ def test_a_planned_check_writes_the_rows_dagster_writes_with_the_event_serialize
     assert [row[2] for row in ours] == sorted(keys)
 
 
+def _instance_with(events) -> dg.DagsterInstance:
+    """An ephemeral instance whose event log is `events`."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance._event_storage = events
+    events.register_instance(instance)
+    return instance
+
+
 def _index_rows(events, table, columns) -> list[tuple]:
     with events.index_connection() as conn:
         found = conn.execute(table.select().order_by(table.c[columns[0]])).fetchall()
@@ -95,10 +104,8 @@ def test_batched_asset_events_are_stored_as_dagster_stores_them_one_by_one(tmp_p
     from orfeas_pipelines.storage import batched_events
 
     def record(path, batched: bool):
-        instance = dg.DagsterInstance.ephemeral()
         events = PooledSqliteEventLogStorage(str(path)) if batched else SqliteEventLogStorage(str(path))
-        instance._event_storage = events
-        events.register_instance(instance)
+        instance = _instance_with(events)
         with batched_events(instance):
             for index in range(5):
                 instance.report_runless_asset_event(
@@ -132,14 +139,9 @@ def test_a_table_found_once_is_not_looked_up_again_and_a_missing_one_is(tmp_path
 
 
 def test_events_reported_before_an_error_in_a_batch_are_still_stored(tmp_path):
-    instance = dg.DagsterInstance.ephemeral()
     events = PooledSqliteEventLogStorage(str(tmp_path))
-    instance._event_storage = events
-    events.register_instance(instance)
-    try:
-        with events.batched():
-            instance.report_runless_asset_event(dg.AssetMaterialization("source_image", partition="job0/a.png"))
-            raise OSError("disk gone")
-    except OSError:
-        pass
+    instance = _instance_with(events)
+    with pytest.raises(OSError, match="disk gone"), events.batched():
+        instance.report_runless_asset_event(dg.AssetMaterialization("source_image", partition="job0/a.png"))
+        raise OSError("disk gone")
     assert [r.partition_key for r in events.fetch_materializations(dg.AssetKey("source_image"), limit=9).records] == ["job0/a.png"]
