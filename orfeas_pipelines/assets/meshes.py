@@ -427,9 +427,11 @@ def _deliver_window(
 
 def _yield_to_generation() -> None:
     """Lower this delivery thread's scheduling priority (Linux: a thread's own nice value), so
-    on a CPU that generation keeps busy the deliveries take the time it leaves and do not slow
-    it down: measured on 2 cores, generating 65 images beside delivering 64 took 12% longer
-    than generating alone with nice delivery threads, 19% without. Elsewhere a no-op."""
+    on a CPU that generation keeps busy the deliveries mostly take the time it leaves: measured
+    on 2 cores, generating 65 images beside delivering 64 took 12% longer than generating
+    alone with nice delivery threads, 19% without. Each delivered mesh still costs generation
+    about half its CPU time through the cores' shared cache and memory, whatever its priority
+    (docs/BENCHMARKS.md). Elsewhere a no-op."""
     if sys.platform == "linux":
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DELIVERY_NICENESS)
 
