@@ -50,7 +50,8 @@ MIN_WINDOW = 4
 """Fewest images a window of a larger run holds: smaller batches would cost the device more
 than the overlap of generation and delivery saves."""
 WINDOWS_IN_MEMORY = 3
-"""The window being delivered, the one whose check rides in the window being generated, and that one."""
+"""The window being delivered (its check rides in the window being generated), that one, and
+the next one, decoded meanwhile."""
 DELIVERY_NICENESS = 10
 """How much lower than generation the delivery threads are scheduled (see `_yield_to_generation`)."""
 VALID_CHECK = "mesh_is_valid"
@@ -95,9 +96,9 @@ class MeshRunConfig(dg.Config):
     """How a range run walks its images and how much of each window the blocking check re-runs.
 
     A run holds at most `images_in_memory` decoded images and their meshes at a time (three
-    windows of a third of that: one delivered, one waiting for its check, which rides in the
-    one being generated), so a range of
-    thousands of large photos needs no more memory than a few batches of them. The blocking
+    windows of a third of that: one delivered while its check rides in the one being
+    generated, and the next one, decoded meanwhile), so a range of thousands of large photos
+    needs no more memory than a few batches of them. The blocking
     check re-generates `recheck_fraction` of the run's images, spread over its windows: at
     least one, in the first window with batches to compare, and at most
     `max_recheck_per_window` in any window.
@@ -122,9 +123,9 @@ class RunTally:
     def stage(self, name: str):
         """Time a stage of the run on the delivering thread (wait_for_window, deliver, status).
 
-        The generating thread's stages (decode, generate, check) are added per window, and
-        the deliveries' parts (validate, export, preview, pictures) are summed as
-        `<part>_cpu`; all of these overlap in time, so they are thread-seconds.
+        The generating thread's stages (generate, check) and the decoding thread's (decode)
+        are added per window, and the deliveries' parts (validate, export, preview, pictures)
+        are summed as `<part>_cpu`; all of these overlap in time, so they are thread-seconds.
         """
         started = time.perf_counter()
         yield
@@ -157,9 +158,9 @@ def mesh(
     mesh_generator: MeshGeneratorResource,
 ) -> Iterator:
     """Generate, check and deliver every image of the run's range, a window at a time: while
-    one window is delivered, the next is decoded, generated and re-checked on a background
-    thread, so the device does not wait for validation, encoding, previews or Dagster's
-    event writes."""
+    one window is delivered, the next is generated and re-checked on a background thread and
+    the one after is decoded on another, so the device does not wait for decoding,
+    validation, encoding, previews or Dagster's event writes."""
     from orfeas_pipelines.sensors.status import settle_run
 
     if config.images_in_memory < WINDOWS_IN_MEMORY:
@@ -222,15 +223,16 @@ class GeneratedWindow:
     results: dict
     batches: list
     seconds: defaultdict[str, float]
-    """Seconds by stage on the generating thread (decode, generate, check)."""
+    """Seconds by stage: generate and check on the generating thread, decode on the decoding one."""
     sample: list = field(default_factory=list)
     """The requests of this window the blocking check generates again."""
     checked: Future = field(default_factory=Future)
 
 
 class WindowGenerator:
-    """Decodes, generates and re-checks the run's windows in order on one background thread,
-    never more than WINDOWS_IN_MEMORY windows in memory.
+    """Generates and re-checks the run's windows in order on one background thread, while a
+    second one decodes the window after, never more than WINDOWS_IN_MEMORY windows in memory
+    (a window holds its slot from decoding until it is delivered).
 
     Iterating yields each window as soon as it is generated, while its blocking check still
     runs (`checked`), so delivery prepares files meanwhile and publishes them once it passed.
@@ -270,47 +272,64 @@ class WindowGenerator:
 
     def _work(self) -> None:
         awaiting: GeneratedWindow | None = None  # its sample rides in the next window
-        for index, keys in enumerate(self._windows):
-            self._free_slots.acquire()
-            if self._stopped.is_set():
-                return
-            try:
-                window, rechecked = self._generate(index, keys, awaiting)
-            except BaseException as error:  # the delivering thread raises it
+        with ThreadPoolExecutor(1, thread_name_prefix="orfeas-decode") as decoder:
+            loading = decoder.submit(self._load, self._windows[0]) if self._windows else None
+            for index, keys in enumerate(self._windows):
+                try:
+                    loaded = loading.result()
+                    if loaded is None or self._stopped.is_set():
+                        return
+                    if index + 1 < len(self._windows):
+                        loading = decoder.submit(self._load, self._windows[index + 1])
+                    window, rechecked = self._generate(index, keys, loaded, awaiting)
+                except BaseException as error:  # the delivering thread raises it
+                    if awaiting is not None:
+                        awaiting.checked.set_exception(error)
+                    self._ready.put(error)
+                    return
                 if awaiting is not None:
-                    awaiting.checked.set_exception(error)
-                self._ready.put(error)
-                return
+                    _judge(awaiting, rechecked)
+                self._ready.put(window)
+                first = self._rechecked == 0
+                awaiting = None
+                if self._draw_sample(window):
+                    if first:
+                        self._recheck_alone(window, one_by_one=True)
+                    else:
+                        awaiting = window
             if awaiting is not None:
-                _judge(awaiting, rechecked)
-            self._ready.put(window)
-            first = self._rechecked == 0
-            awaiting = None
-            if self._draw_sample(window):
-                if first:
-                    self._recheck_alone(window, one_by_one=True)
-                else:
-                    awaiting = window
-        if awaiting is not None:
-            self._recheck_alone(awaiting, one_by_one=False)
+                self._recheck_alone(awaiting, one_by_one=False)
 
-    def _generate(self, index: int, keys: list[str], awaiting: GeneratedWindow | None) -> tuple[GeneratedWindow, list]:
-        """The window's images generated, with the sample of the window before at the end;
-        returns the window and the sample's new results."""
+    def _load(self, keys: list[str]) -> tuple[list, dict, float] | None:
+        """A window's requests decoded on the decoding thread, as soon as it has a slot: the next
+        window is read while this one generates, so the device never waits for decoding but
+        for the run's first window. None once the run stopped."""
         from orfeas_pipelines.lib.delivery import load_requests
 
+        self._free_slots.acquire()
+        if self._stopped.is_set():
+            self._free_slots.release()
+            return None
         started = time.perf_counter()
         requests, load_failures = load_requests(self._home, keys)
+        return requests, load_failures, time.perf_counter() - started
+
+    def _generate(
+        self, index: int, keys: list[str], loaded: tuple[list, dict, float], awaiting: GeneratedWindow | None
+    ) -> tuple[GeneratedWindow, list]:
+        """The window's decoded images generated, with the sample of the window before at the
+        end; returns the window and the sample's new results."""
+        requests, load_failures, decoding = loaded
         riders = awaiting.sample if awaiting is not None else []
-        decoded = time.perf_counter()
+        started = time.perf_counter()
         batches: list = []
         results = self._generator.generate([*requests, *riders], on_batch=batches.append)
-        generating = time.perf_counter() - decoded
+        generating = time.perf_counter() - started
         riding = generating * len(riders) / max(1, len(requests) + len(riders))
         if awaiting is not None:
             awaiting.seconds["check"] += riding
         own = {result.key: result for result in results[: len(requests)]}
-        seconds = defaultdict(float, decode=decoded - started, generate=generating - riding)
+        seconds = defaultdict(float, decode=decoding, generate=generating - riding)
         return GeneratedWindow(index, keys, requests, load_failures, own, batches, seconds), results[len(requests) :]
 
     def _draw_sample(self, window: GeneratedWindow) -> bool:

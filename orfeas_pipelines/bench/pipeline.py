@@ -10,11 +10,11 @@ time counts: on a shared machine the best is the one least disturbed by other pr
 
 The split of the best end-to-end run: `outside_runs_s` is the intake tick, registering
 partitions and source images, the drain's look-up and settling after the run; `run_s` is
-the run itself, in which one thread decodes, generates and re-checks (`decode_s`,
-`generate_s`, `check_s`) while another delivers the window before (`deliver_s`, `status_s`)
-and writes Dagster's events; `generator_idle_s` is the run's time in which the generating
-thread had nothing to do (run start and end, the last window's delivery, waiting for a
-free window slot). `dagster_bookkeeping_s` is the delivering thread's time outside its own
+the run itself, in which one thread generates and re-checks (`generate_s`, `check_s`) while
+another decodes the window after (`decode_s`) and a third delivers the window before
+(`deliver_s`, `status_s`) and writes Dagster's events; `generator_idle_s` is the run's time in
+which the generating thread had nothing to do (run start and end, decoding the first window,
+the last window's delivery, waiting for a free window slot). `dagster_bookkeeping_s` is the delivering thread's time outside its own
 stages (event writes, run and step events). The deliveries' parts are thread-seconds
 (`validate_cpu`, `export_cpu`, `preview_cpu`, `pictures_cpu`: they run on every CPU at once).
 """
@@ -30,7 +30,7 @@ from typing import Any
 from orfeas_pipelines.lib.home import OrfeasHome
 
 FORMATS = ("stl", "glb")
-GENERATING_STAGES = ("decode", "generate", "check")
+GENERATING_STAGES = ("generate", "check")
 DELIVERING_STAGES = ("wait_for_window", "deliver", "status")
 
 

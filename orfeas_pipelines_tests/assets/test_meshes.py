@@ -200,6 +200,37 @@ def test_the_check_passes_a_correct_generator_without_regenerating_a_small_run(h
     assert instance.get_materialized_partitions(MESH) == set(keys)
 
 
+def test_the_next_window_is_decoded_while_this_one_generates(home, agent, instance, image_files, monkeypatch):
+    import threading
+
+    from orfeas_pipelines.lib import delivery
+
+    submit_images(home, agent, image_files * 2)
+    keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
+    original_load, original_generate = delivery.load_requests, InflateGenerator.generate
+    decoded: list[list[str]] = []
+    second_window_decoded = threading.Event()
+
+    def load_and_record(home, window_keys):
+        decoded.append(list(window_keys))
+        if len(decoded) == 2:
+            second_window_decoded.set()
+        return original_load(home, window_keys)
+
+    def generate_once_the_next_window_is_decoded(self, requests):
+        if requests[0].key == keys[0]:  # the first window's batch: the second is read meanwhile
+            assert second_window_decoded.wait(timeout=30), "the next window was not decoded during generation"
+        return original_generate(self, requests)
+
+    monkeypatch.setattr(delivery, "load_requests", load_and_record)
+    monkeypatch.setattr(InflateGenerator, "generate", generate_once_the_next_window_is_decoded)
+    result = run_range(instance, keys, run_config={"ops": {"mesh": {"config": {"images_in_memory": 6}}}})
+
+    assert result.success
+    assert decoded == _windows(keys, 6) and len(decoded) > 2, "each window read once, in order"
+    assert instance.get_materialized_partitions(MESH) == set(keys)
+
+
 def test_an_image_a_retry_can_fix_fails_the_run_and_the_drain_delivers_it(home, agent, instance, image_files, tmp_path, monkeypatch):
     job_ids = submit_images(home, agent, [*image_files[:3], blank_png(tmp_path / "blank.png")])
     keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
