@@ -14,8 +14,8 @@ the run itself, in which one thread generates and re-checks (`generate_s`, `chec
 another decodes the window after (`decode_s`) and a third delivers the window before
 (`deliver_s`, `status_s`) and writes Dagster's events; `generator_idle_s` is the run's time in
 which the generating thread had nothing to do (run start and end, decoding the first window,
-the last window's delivery, waiting for a free window slot). `dagster_bookkeeping_s` is the delivering thread's time outside its own
-stages (event writes, run and step events). The deliveries' parts are thread-seconds
+the last window's delivery, waiting for a free window slot). `dagster_bookkeeping_s` is the
+delivering thread's time outside its own stages (event writes, run and step events). The deliveries' parts are thread-seconds
 (`validate_cpu`, `export_cpu`, `preview_cpu`, `pictures_cpu`: they run on every CPU at once).
 """
 

@@ -1,6 +1,7 @@
 """The mesh asset through real range runs: Dagster's partition status is the truth per image."""
 
 import logging
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +12,7 @@ from PIL import Image
 
 from orfeas_pipelines.assets.meshes import BATCH_CHECK, MESH, VALID_CHECK, mesh, _windows
 from orfeas_pipelines.definitions import defs
-from orfeas_pipelines.lib import outbox
+from orfeas_pipelines.lib import delivery, outbox
 from orfeas_pipelines.lib.generation.base import register_generator
 from orfeas_pipelines.lib.generation.inflate import InflateGenerator
 from orfeas_pipelines.resources.home import OrfeasHomeResource
@@ -201,10 +202,6 @@ def test_the_check_passes_a_correct_generator_without_regenerating_a_small_run(h
 
 
 def test_the_next_window_is_decoded_while_this_one_generates(home, agent, instance, image_files, monkeypatch):
-    import threading
-
-    from orfeas_pipelines.lib import delivery
-
     submit_images(home, agent, image_files * 2)
     keys = list(register_pending(home, instance).dynamic_partitions_requests[0].partition_keys)
     original_load, original_generate = delivery.load_requests, InflateGenerator.generate
